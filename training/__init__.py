@@ -1,0 +1,1 @@
+"""Offline training (PyTorch). Imports `xlsearch`; nothing outside `training` imports this package."""
