@@ -1,0 +1,78 @@
+"""Write a W2VV bundle: the shared image encoder, both text encoders, vocabularies and manifest.json."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime
+import torch
+
+import xlsearch
+from xlsearch.bundle import write_bundle_manifest
+from xlsearch.training.export_text import export_text_encoder
+from xlsearch.training.train_w2vv import TrainConfig, TrainedEncoder
+
+
+def write_w2vv_bundle(
+    folder: str | Path,
+    image_encoder_onnx: str | Path,
+    image_spec: dict[str, Any],
+    encoders: dict[str, TrainedEncoder],
+    train_config: TrainConfig,
+    sentence_encoder: dict[str, Any] | None,
+    fusion: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`image_spec` holds the image encoder's dim, preprocessing and backbone description."""
+    folder = Path(folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    shutil.copyfile(image_encoder_onnx, folder / "image_encoder.onnx")
+    text_specs = {}
+    for lang, enc in encoders.items():
+        export_text_encoder(enc.model, folder / f"text_encoder_{lang}.onnx", enc.model_config)
+        enc.vocab.save(folder / f"vocab_{lang}.json")
+        inputs = ["token_ids", "lengths"] + (["sentence_embedding"] if enc.model_config.sentence_dim else [])
+        text_specs[lang] = {
+            "file": f"text_encoder_{lang}.onnx",
+            "vocab": f"vocab_{lang}.json",
+            "tokenizer": {"lang": lang},
+            "max_len": train_config.max_len,
+            "sentence_dim": enc.model_config.sentence_dim,
+            "inputs": inputs,
+            "output": "embedding",
+            "normalized": True,
+            "model_config": asdict(enc.model_config),
+            "best_val": enc.best,
+        }
+    manifest = {
+        "model_family": "w2vv",
+        "dim": int(image_spec["dim"]),
+        "metric": "inner_product",
+        "image_encoder": {
+            "file": "image_encoder.onnx",
+            "inputs": ["pixels"],
+            "output": "embedding",
+            "normalized": True,
+            **image_spec,
+        },
+        "text_encoders": text_specs,
+        "sentence_encoder": sentence_encoder,
+        "fusion": fusion,
+        "train_config": asdict(train_config),
+        "versions": {
+            "xlsearch": xlsearch.__version__,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+        },
+        **(extra or {}),
+    }
+    return write_bundle_manifest(folder, manifest)

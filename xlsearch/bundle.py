@@ -1,0 +1,190 @@
+"""Model bundles: the only thing training hands to serving.
+
+A bundle is a folder with `image_encoder.onnx`, `text_encoder_{zh,en}.onnx`, `vocab_{zh,en}.json` and a
+`manifest.json` that records the model config, preprocessing, IO names, dimensions, fusion settings, training
+metrics, versions and a content hash over every file. Loading verifies the hash so an index built with one bundle
+can refuse another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xlsearch.onnx_runtime import make_session
+from xlsearch.preprocess import PreprocessConfig, preprocess
+from xlsearch.sentence import SentenceEncoder, build_sentence_encoder
+from xlsearch.text import Vocab, encode_batch, tokenizer_for
+
+BUNDLE_FORMAT = "xlsearch-bundle/1"
+MANIFEST = "manifest.json"
+CL_SPACES = ("visual", "sentence")
+# Sentence-encoder roles: queries are Chinese, captions English (e5 wants "query:" / "passage:" prefixes).
+SENTENCE_ROLE = {"zh": "query", "en": "passage"}
+
+
+class BundleError(ValueError):
+    """A bundle folder that is incomplete, inconsistent or altered since it was written."""
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def content_hash(files: dict[str, str]) -> str:
+    """One hash over (name, sha256) of every file, independent of listing order."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(f"{name}\0{files[name]}\n".encode())
+    return h.hexdigest()
+
+
+def write_bundle_manifest(folder: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Hash every file in `folder` (except the manifest), add `files` + `content_hash`, write atomically."""
+    folder = Path(folder)
+    files = {
+        p.relative_to(folder).as_posix(): file_sha256(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+    }
+    out = dict(manifest, format=BUNDLE_FORMAT, files=files, content_hash=content_hash(files))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(out, f, ensure_ascii=False, indent=2)
+    os.replace(tmp, folder / MANIFEST)
+    return out
+
+
+def read_bundle_manifest(folder: str | Path, verify: bool = True) -> dict[str, Any]:
+    folder = Path(folder)
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{path}: no bundle manifest (is {folder} a bundle folder?)") from None
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path}:{e.lineno}: broken JSON: {e.msg}") from None
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: format is {manifest.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+    if verify:
+        for name, digest in manifest["files"].items():
+            f = folder / name
+            if not f.is_file():
+                raise BundleError(f"{folder}: file {name} listed in the manifest is missing")
+            if file_sha256(f) != digest:
+                raise BundleError(f"{folder}: {name} changed since the bundle was written (hash mismatch)")
+        if content_hash(manifest["files"]) != manifest["content_hash"]:
+            raise BundleError(f"{path}: content_hash does not match the file list")
+    return manifest
+
+
+@dataclass
+class _TextTower:
+    lang: str
+    session: Any
+    vocab: Vocab
+    max_len: int
+    uses_sentence: bool
+    tokenizer: Any = field(repr=False)
+
+
+class Bundle:
+    """A loaded bundle: ONNX Runtime sessions + tokenizers + the pretrained sentence branch. Torch-free."""
+
+    def __init__(self, folder: str | Path, intra_op_threads: int | None = None, verify: bool = True):
+        self.folder = Path(folder)
+        self.manifest = read_bundle_manifest(self.folder, verify=verify)
+        m = self.manifest
+        self.content_hash: str = m["content_hash"]
+        self.dim: int = int(m["dim"])
+        img = m["image_encoder"]
+        self.preprocess_config = PreprocessConfig.from_dict(img["preprocess"])
+        self._image = make_session(self.folder / img["file"], intra_op_threads)
+        self._sentence: SentenceEncoder | None = (
+            build_sentence_encoder(m["sentence_encoder"]) if m.get("sentence_encoder") else None
+        )
+        self._text: dict[str, _TextTower] = {}
+        for lang, spec in m["text_encoders"].items():
+            self._text[lang] = _TextTower(
+                lang=lang,
+                session=make_session(self.folder / spec["file"], intra_op_threads),
+                vocab=Vocab.load(self.folder / spec["vocab"]),
+                max_len=int(spec["max_len"]),
+                uses_sentence=bool(spec.get("sentence_dim", 0)),
+                tokenizer=tokenizer_for(lang),
+            )
+        fusion = m.get("fusion", {})
+        self.alpha: float = float(fusion.get("alpha", 0.5))
+        self.cl_space: str = fusion.get("cl_space", "visual")
+        if self.cl_space not in CL_SPACES:
+            raise BundleError(f"{self.folder}: unknown cl_space {self.cl_space!r}")
+        if self.cl_space == "sentence" and self._sentence is None:
+            raise BundleError(f"{self.folder}: cl_space 'sentence' needs a sentence_encoder")
+
+    @property
+    def languages(self) -> list[str]:
+        return sorted(self._text)
+
+    # -- images ---------------------------------------------------------------------------------------------
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """[B,3,H,W] preprocessed pixels -> [B,D] index vectors."""
+        return self._image.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+
+    def encode_images(self, images: list) -> np.ndarray:
+        """PIL images -> [B,D]; oversampled crops are encoded and averaged (then re-normalised)."""
+        arrays = [preprocess(img, self.preprocess_config) for img in images]
+        if self.preprocess_config.crop == "oversample":
+            crops = arrays[0].shape[0]
+            flat = self.encode_pixels(np.concatenate(arrays, axis=0))
+            vecs = flat.reshape(len(arrays), crops, -1).mean(axis=1)
+            return _l2n(vecs)
+        return self.encode_pixels(np.stack(arrays))
+
+    # -- text -----------------------------------------------------------------------------------------------
+    def tokenize(self, texts: list[str], lang: str) -> list[list[str]]:
+        return [self._tower(lang).tokenizer.tokenize(t) for t in texts]
+
+    def sentence_embeddings(self, texts: list[str], lang: str) -> np.ndarray:
+        if self._sentence is None:
+            raise BundleError(f"{self.folder}: bundle has no sentence encoder")
+        return self._sentence.encode(texts, SENTENCE_ROLE[lang])
+
+    def encode_texts(
+        self, texts: list[str], lang: str, sentence_embedding: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Sentences -> [B,D] vectors in the visual space (the W2VV encoder of that language)."""
+        tower = self._tower(lang)
+        ids, lengths = encode_batch(self.tokenize(texts, lang), tower.vocab, tower.max_len)
+        feeds: dict[str, np.ndarray] = {"token_ids": ids, "lengths": lengths}
+        if tower.uses_sentence:
+            if sentence_embedding is None:
+                sentence_embedding = self.sentence_embeddings(texts, lang)
+            feeds["sentence_embedding"] = sentence_embedding.astype(np.float32)
+        return tower.session.run(None, feeds)[0]
+
+    def cl_vectors(self, texts: list[str], lang: str) -> np.ndarray:
+        """Vectors for cross-lingual matching in the space the bundle serves CL in."""
+        if self.cl_space == "sentence":
+            return self.sentence_embeddings(texts, lang)
+        return self.encode_texts(texts, lang)
+
+    def _tower(self, lang: str) -> _TextTower:
+        try:
+            return self._text[lang]
+        except KeyError:
+            raise BundleError(f"{self.folder}: no text encoder for language {lang!r}") from None
+
+
+def _l2n(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
