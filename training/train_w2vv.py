@@ -90,14 +90,15 @@ class TrainedEncoder:
     best: dict
 
 
-def _loss(cfg: TrainConfig, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+def _loss(cfg: TrainConfig, text: torch.Tensor, image: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
+    """Two sentences of one image in a batch are never each other's negatives (`image_ids`)."""
     if cfg.loss == "mse":
         return mse_loss(text, image)
     if cfg.loss == "contrastive":
-        return contrastive_loss(text, image, margin=cfg.margin)
+        return contrastive_loss(text, image, margin=cfg.margin, image_ids=image_ids)
     if cfg.loss == "infonce":
-        return infonce_loss(text, image, temperature=cfg.temperature)
-    return vse_hardest_negative_loss(text, image, margin=cfg.margin)
+        return infonce_loss(text, image, temperature=cfg.temperature, image_ids=image_ids)
+    return vse_hardest_negative_loss(text, image, margin=cfg.margin, image_ids=image_ids)
 
 
 def _embed(model: W2VVTextEncoder, vocab: Vocab, tokens, sent, max_len: int, bs: int = 256) -> np.ndarray:
@@ -164,7 +165,8 @@ def train_encoder(
             ids, lengths = encode_batch([train.tokens[i] for i in idx], vocab, cfg.max_len)
             s = torch.from_numpy(train_sent[idx]) if train_sent is not None else None
             text = model.embed(torch.from_numpy(ids), torch.from_numpy(lengths), s)
-            loss = _loss(cfg, text, torch.nn.functional.normalize(train_img[train.image_index[idx]], dim=1))
+            img_idx = torch.from_numpy(train.image_index[idx])
+            loss = _loss(cfg, text, torch.nn.functional.normalize(train_img[img_idx], dim=1), img_idx)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -1,0 +1,67 @@
+"""`xlsearch` command line (torch-free). Training lives in `xlsearch-train` (the `[train]` extra)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from xlsearch.bundle import BundleError
+from xlsearch.manifest import ManifestError
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from xlsearch.benchmark import evaluate
+    from xlsearch.bundle import Bundle
+    from xlsearch.features import extract_features
+    from xlsearch.manifest import read_manifest
+    from xlsearch.report import detail_table
+
+    manifest = read_manifest(args.manifest)
+    bundle = Bundle(args.bundle, intra_op_threads=args.threads)
+    cache = Path(args.cache) if args.cache else Path(args.bundle) / ".cache"
+    ids, feats, _ = extract_features(manifest, bundle.folder / "image_encoder.onnx", bundle.preprocess_config, cache)
+    result = evaluate(bundle, manifest, dict(zip(ids, feats, strict=True)))
+    result.update(variant=bundle.manifest.get("name", str(args.bundle)), seed=bundle.manifest.get("seed"))
+    print(f"{result['queries']} queries, {result['candidates']} candidates ({result['candidates_all']} all images)")
+    print(detail_table([result]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+    return 0
+
+
+def _dataset(argv: list[str]) -> int:
+    from xlsearch.datasets.cli import main as dataset_main
+
+    return dataset_main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="xlsearch", description="Cross-lingual image search")
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("dataset", help="build and inspect dataset manifests (xlsearch dataset -h)", add_help=False)
+    b = sub.add_parser("benchmark", help="MRR / R@K of a bundle on a manifest's test split (CL, CM, CLM)")
+    b.add_argument("--manifest", required=True)
+    b.add_argument("--bundle", required=True)
+    b.add_argument("--json", help="write the full result here")
+    b.add_argument("--cache", help="image feature cache folder (default: <bundle>/.cache)")
+    b.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    b.set_defaults(func=_benchmark)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "dataset":
+        return _dataset(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ManifestError, BundleError, FileNotFoundError) as e:
+        print(f"xlsearch: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
