@@ -1,0 +1,79 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TUXPAINT_STAMPS = Path("/usr/share/tuxpaint/stamps")
+
+
+@pytest.fixture
+def cococn_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """(COCO-CN folder, COCO root) copied from tests/fixtures/cococn, with a tiny JPEG per listed image."""
+    root = tmp_path / "src"
+    shutil.copytree(FIXTURES / "cococn", root)
+    cococn, coco = root / "coco-cn", root / "coco"
+    for split_list in sorted(cococn.glob("coco-cn_*.txt")):
+        for n, image_id in enumerate(split_list.read_text(encoding="utf-8").split()):
+            path = coco / image_id.split("_")[1] / f"{image_id}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 6), (40 * n % 256, 90, 160)).save(path, quality=90)
+    return cococn, coco
+
+
+@dataclass
+class TuxSubset:
+    root: Path
+    png: list[str]  # stamp ids with a PNG and a zh_CN line
+    svg_only: list[str]  # ... with only an SVG
+    no_zh: list[str]  # a stamp without zh_CN (must be excluded)
+    broken: list[str]  # real description, unreadable PNG (must be skipped and reported)
+    orphan: list[str]  # an image without description
+
+
+def _has_zh(txt: Path) -> bool:
+    return any(line.startswith("zh_CN.utf8=") for line in txt.read_text(encoding="utf-8").splitlines())
+
+
+@pytest.fixture(scope="session")
+def tuxpaint_subset(tmp_path_factory: pytest.TempPathFactory) -> TuxSubset:
+    """A temp stamps root holding ~10 REAL stamps copied from the installed tuxpaint-stamps-default package, plus a
+    broken one and an orphan image. Skips when the package is not installed."""
+    if not TUXPAINT_STAMPS.is_dir():
+        pytest.skip("tuxpaint-stamps-default is not installed (/usr/share/tuxpaint/stamps)")
+    png, svg_only, no_zh = [], [], []
+    for txt in sorted(TUXPAINT_STAMPS.rglob("*.txt")):
+        base = txt.with_suffix("")
+        has_png, has_svg = base.with_suffix(".png").is_file(), base.with_suffix(".svg").is_file()
+        if not _has_zh(txt):
+            if has_png and len(no_zh) < 1:
+                no_zh.append(base)
+        elif has_png and len(png) < 7:
+            png.append(base)
+        elif has_svg and not has_png and len(svg_only) < 2:
+            svg_only.append(base)
+    if len(svg_only) < 1:
+        pytest.skip("no SVG-only stamp with a zh_CN description in the installed package")
+    root = tmp_path_factory.mktemp("stamps")
+    for base in png + svg_only + no_zh:
+        rel = base.relative_to(TUXPAINT_STAMPS)
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        for ext in (".txt", ".png", ".svg"):
+            if base.with_suffix(ext).is_file():
+                shutil.copy(base.with_suffix(ext), root / rel.with_suffix(ext))
+    # A real description beside an unreadable PNG (must be skipped and reported), and an image with no description.
+    (root / "broken").mkdir()
+    shutil.copy(png[0].with_suffix(".txt"), root / "broken/stamp.txt")
+    (root / "broken/stamp.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a PNG")
+    shutil.copy(png[0].with_suffix(".png"), root / "broken/orphan.png")
+
+    def ids(bases: list[Path]) -> list[str]:
+        return [b.relative_to(TUXPAINT_STAMPS).as_posix() for b in bases]
+
+    return TuxSubset(root, ids(png), ids(svg_only), ids(no_zh), ["broken/stamp"], ["broken/orphan"])
