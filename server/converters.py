@@ -1,0 +1,81 @@
+"""Protobuf <-> plain types. No validation beyond what the wire format forces; the service checks the values."""
+
+from __future__ import annotations
+
+from xlsearch.server.errors import InvalidArgument
+from xlsearch.server.types import (
+    AddOutcome,
+    DeleteOutcome,
+    ImageUpload,
+    SearchAnswer,
+    StatsView,
+)
+from xlsearch.v1 import search_pb2 as pb
+
+MODE_FROM_PROTO = {pb.MATCH_MODE_UNSPECIFIED: "CLM", pb.CL: "CL", pb.CM: "CM", pb.CLM: "CLM"}
+
+
+def mode_from_proto(value: int) -> str:
+    try:
+        return MODE_FROM_PROTO[value]
+    except KeyError:
+        raise InvalidArgument(f"unknown match mode {value}; use CL, CM or CLM") from None
+
+
+def search_request_fields(req: pb.SearchRequest) -> tuple[str, int, str, float | None, list[str]]:
+    """(raw query, top_k, mode, alpha or None, tags) of a request, before the service validates them."""
+    alpha = req.alpha if req.HasField("alpha") else None
+    return req.query, int(req.top_k), mode_from_proto(req.mode), alpha, list(req.tags)
+
+
+def search_response(answer: SearchAnswer) -> pb.SearchResponse:
+    return pb.SearchResponse(
+        hits=[
+            pb.Hit(
+                id=h.id,
+                uri=h.uri,
+                score=h.score,
+                cl_score=h.cl_score,
+                cm_score=h.cm_score,
+                caption=h.caption,
+                tags=h.tags,
+                has_caption=h.has_caption,
+            )
+            for h in answer.hits
+        ],
+        timings=[pb.Timing(stage=stage, seconds=seconds) for stage, seconds in answer.timings.items()],
+        total_seconds=answer.total_seconds,
+        alpha=answer.alpha,
+        index_version=answer.index_version,
+        cached=answer.cached,
+    )
+
+
+def image_upload(req: pb.AddImageRequest) -> ImageUpload:
+    return ImageUpload(image_bytes=req.image_bytes, id=req.id, caption=req.caption, uri=req.uri)
+
+
+def add_images_response(outcome: AddOutcome) -> pb.AddImagesResponse:
+    return pb.AddImagesResponse(ids=outcome.ids, added=len(outcome.ids), index_version=outcome.index_version)
+
+
+def delete_images_response(outcome: DeleteOutcome) -> pb.DeleteImagesResponse:
+    return pb.DeleteImagesResponse(
+        deleted=outcome.deleted, not_found=outcome.not_found, index_version=outcome.index_version
+    )
+
+
+def stats_response(stats: StatsView) -> pb.GetStatsResponse:
+    return pb.GetStatsResponse(
+        images=stats.images,
+        captions=stats.captions,
+        dim=stats.dim,
+        factory=stats.factory,
+        bundle_hash=stats.bundle_hash,
+        index_hash=stats.index_hash,
+        index_version=stats.index_version,
+        default_alpha=stats.default_alpha,
+        cl_space=stats.cl_space,
+        cache_backend=stats.cache_backend,
+        cache_connected=stats.cache_connected,
+    )

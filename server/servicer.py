@@ -1,0 +1,63 @@
+"""Thin gRPC servicer: protobuf -> converters -> SearchService -> converters -> protobuf. No logic here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from xlsearch.server import converters
+from xlsearch.server.errors import Unimplemented, map_errors
+from xlsearch.server.execution import Deadline
+from xlsearch.server.metrics import ServerMetrics
+from xlsearch.server.service import SearchService
+from xlsearch.server.types import ImageUpload
+from xlsearch.v1 import search_pb2 as pb
+from xlsearch.v1 import search_pb2_grpc as pb_grpc
+
+Context = grpc.aio.ServicerContext
+
+
+class ImageSearchServicer(pb_grpc.ImageSearchServicer):
+    def __init__(self, service: SearchService, metrics: ServerMetrics) -> None:
+        self._service = service
+        self._metrics = metrics
+
+    def observe_error(self, kind: str, code: grpc.StatusCode) -> None:
+        self._metrics.errors.labels(kind, code.name).inc()
+
+    @map_errors
+    async def Search(self, request: pb.SearchRequest, context: Context) -> pb.SearchResponse:
+        query = self._service.parse_query(*converters.search_request_fields(request))
+        answer = await self._service.search(query, Deadline.of(context))
+        return converters.search_response(answer)
+
+    @map_errors
+    async def Tag(self, request: pb.TagRequest, context: Context) -> pb.TagResponse:
+        raise Unimplemented("Tag is not implemented yet (the tagging issue adds it)")
+
+    @map_errors
+    async def Caption(self, request: pb.CaptionRequest, context: Context) -> pb.CaptionResponse:
+        raise Unimplemented("Caption is not implemented yet (the captioning issue adds it)")
+
+    @map_errors
+    async def AddImages(
+        self, request_iterator: AsyncIterator[pb.AddImageRequest], context: Context
+    ) -> pb.AddImagesResponse:
+        async def uploads() -> AsyncIterator[ImageUpload]:
+            async for request in request_iterator:
+                yield converters.image_upload(request)
+
+        outcome = await self._service.add_images(uploads(), Deadline.of(context))
+        return converters.add_images_response(outcome)
+
+    @map_errors
+    async def DeleteImages(
+        self, request: pb.DeleteImagesRequest, context: Context
+    ) -> pb.DeleteImagesResponse:
+        outcome = await self._service.delete_images(list(request.ids), Deadline.of(context))
+        return converters.delete_images_response(outcome)
+
+    @map_errors
+    async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.GetStatsResponse:
+        return converters.stats_response(await self._service.stats(Deadline.of(context)))

@@ -1,0 +1,149 @@
+"""Server settings: one pydantic-settings object, built once in `main` and passed down (no module globals).
+
+Precedence, highest first: command-line flags (passed as keyword arguments), `XLSEARCH_*` environment variables,
+the optional config file (`--config` / `XLSEARCH_CONFIG`, TOML or JSON, flat keys named like the fields), defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+MiB = 1 << 20
+
+
+class ConfigFileError(ValueError):
+    """The config file is missing, unreadable, or not TOML/JSON."""
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="XLSEARCH_", env_parse_none_str="none", extra="forbid", validate_default=True
+    )
+
+    config: Path | None = Field(None, description="TOML or JSON file with any of these settings")
+
+    # What to serve.
+    bundle: Path | None = Field(
+        None, description="bundle folder (ONNX encoders + vocabularies + manifest.json)"
+    )
+    index: Path | None = Field(None, description="index folder written by `xlsearch index` for that bundle")
+
+    # Where.
+    host: str = Field("127.0.0.1", description="gRPC bind address (0.0.0.0 / [::] to accept remote clients)")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port, logged at start)")
+    metrics_host: str | None = Field(None, description="Prometheus bind address (default: same as host)")
+    metrics_port: int | None = Field(
+        9464, ge=0, le=65535, description="Prometheus /metrics port (0: any free port; unset/none: disabled)"
+    )
+
+    # Limits.
+    max_message_bytes: int = Field(16 * MiB, gt=0, description="largest gRPC message, received or sent")
+    max_query_chars: int = Field(256, gt=0, description="longest query accepted (characters, after trimming)")
+    max_top_k: int = Field(1000, gt=0)
+    default_top_k: int = Field(10, gt=0, description="used when a request's top_k is 0")
+    max_image_bytes: int = Field(8 * MiB, gt=0, description="largest image accepted by AddImages")
+    max_images_per_call: int = Field(1000, gt=0, description="most images one AddImages stream may carry")
+    max_add_bytes: int = Field(256 * MiB, gt=0, description="most image bytes one AddImages stream may carry")
+    require_chinese: bool = Field(True, description="refuse queries without a Chinese character")
+
+    max_concurrent_rpcs: int | None = Field(
+        None,
+        gt=0,
+        description="calls handled at once; more are refused with RESOURCE_EXHAUSTED (unset: no limit)",
+    )
+
+    # Cache.
+    redis_url: str | None = Field(None, description="redis://host:port/db; unset: an in-process LRU cache")
+    cache_ttl_seconds: float = Field(300.0, ge=0, description="lifetime of cached results (0: caching off)")
+    cache_size: int = Field(10_000, ge=0, description="entries kept by the in-process LRU")
+    redis_timeout_seconds: float = Field(0.05, gt=0, description="connect/read timeout of every Redis call")
+    redis_retry_max_seconds: float = Field(
+        30.0, gt=0, description="longest back-off between reconnect attempts"
+    )
+
+    # Work.
+    onnx_threads: int | None = Field(
+        None, gt=0, description="ONNX Runtime intra-op threads (default: all CPUs)"
+    )
+    worker_threads: int = Field(
+        2, gt=0, description="threads running searches and indexing next to the event loop"
+    )
+    grace_seconds: float = Field(10.0, ge=0, description="on SIGTERM, how long in-flight calls may still run")
+    log_level: str = Field("INFO")
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> ServerSettings:
+        if self.default_top_k > self.max_top_k:
+            raise ValueError(f"default_top_k ({self.default_top_k}) exceeds max_top_k ({self.max_top_k})")
+        if self.max_image_bytes + 64 * 1024 > self.max_message_bytes:
+            raise ValueError(
+                f"max_message_bytes ({self.max_message_bytes}) must exceed max_image_bytes ({self.max_image_bytes})"
+                " by 64 KiB so an oversized image reaches the server and gets a clear error"
+            )
+        return self
+
+    @property
+    def cache_backend(self) -> str:
+        return "redis" if self.redis_url else "memory"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, ConfigFileSource(settings_cls, init_settings, env_settings)
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """Values from the file named by the `config` setting (flag or env), read by its suffix."""
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+    ):
+        super().__init__(settings_cls)
+        self._init = init_settings
+        self._env = env_settings
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ reads the whole file at once
+
+    def __call__(self) -> dict[str, Any]:
+        path = self._init().get("config") or self._env().get("config")
+        return read_config_file(Path(path)) if path else {}
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigFileError(f"{path}: cannot read config file: {e.strerror}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigFileError(f"{path}: config file must end in .toml or .json")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ConfigFileError(f"{path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"{path}: expected a table/object of settings")
+    # Allow the settings at the top level or under an [xlsearch] / [server] table.
+    for section in ("xlsearch", "server"):
+        if isinstance(data.get(section), dict):
+            data = {**{k: v for k, v in data.items() if k != section}, **data[section]}
+    return data

@@ -1,0 +1,333 @@
+"""Helpers for the server tests: a real redis-server on a free loopback port, a SearchServer running in a background
+event loop, and a scripted engine for the cases that need control over timing (slow loads, slow searches)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry
+
+from xlsearch.server.app import SearchServer
+from xlsearch.server.settings import ServerSettings
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisProcess:
+    """redis-server on 127.0.0.1:<free port>, no persistence. stop()/start() keep the port (kill + restart)."""
+
+    def __init__(self, workdir: Path) -> None:
+        assert REDIS_SERVER is not None
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+class ServerThread:
+    """A SearchServer on its own event loop in a daemon thread; tests talk to it with the sync gRPC client."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        engine_loader: Callable[[ServerSettings], Any] | None = None,
+    ) -> None:
+        self.registry = CollectorRegistry()
+        kwargs: dict[str, Any] = {"registry": self.registry}
+        if engine_loader is not None:
+            kwargs["engine_loader"] = engine_loader
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="test-server-loop", daemon=True)
+        self.thread.start()
+        self.server: SearchServer = self.call(self._make, settings, kwargs)
+        self.call(self.server.start)
+
+    @staticmethod
+    async def _make(settings: ServerSettings, kwargs: dict[str, Any]) -> SearchServer:
+        return SearchServer(settings, **kwargs)
+
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(fn(*args), self.loop).result(timeout)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def wait_ready(self, timeout: float = 60) -> bool:
+        return bool(self.call(self.server.wait_ready, timeout, timeout=timeout + 5))
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.address)
+
+    def stop(self, grace: float = 1.0) -> None:
+        try:
+            self.call(self.server.stop, grace)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+            self.loop.close()
+
+
+def test_settings(**overrides: Any) -> ServerSettings:
+    """Loopback, any free port, metrics on any free port, small limits; no config file or env leaks in."""
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "metrics_port": 0,
+        "max_image_bytes": 256 * 1024,
+        "max_message_bytes": 1024 * 1024,
+        "grace_seconds": 1.0,
+        "onnx_threads": 1,
+        "worker_threads": 2,
+    }
+    values.update(overrides)
+    return ServerSettings(**values)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined] - not a test
+
+
+# -- a scripted engine (same Python API as xlsearch.search.SearchEngine) -----------------------------------------
+
+
+@dataclass
+class _Bundle:
+    content_hash: str = "b" * 64
+
+
+@dataclass
+class _Index:
+    uid: str = "fake-index"
+    version: int = 1
+
+    @property
+    def index_hash(self) -> str:
+        return f"{self.uid}-{self.version}"
+
+
+@dataclass
+class _Hit:
+    id: str
+    uri: str
+    score: float
+    cl_score: float
+    cm_score: float
+    caption: str
+    tags: list[str]
+    has_caption: bool
+
+
+@dataclass
+class _Result:
+    hits: list[_Hit]
+    timings: dict[str, float]
+    alpha: float
+    index_version: int
+
+
+@dataclass
+class ScriptedEngine:
+    """Answers searches from a fixed list; `search_seconds` makes every search sleep (deadline tests)."""
+
+    search_seconds: float = 0.0
+    bundle: _Bundle = field(default_factory=_Bundle)
+    index: _Index = field(default_factory=_Index)
+    ids: list[str] = field(default_factory=lambda: [f"img{i}" for i in range(20)])
+    searches: int = 0
+
+    def search(
+        self, query: str, top_k: int, mode: str, alpha: float | None = None, tags: Any = None
+    ) -> _Result:
+        self.searches += 1
+        if self.search_seconds:
+            time.sleep(self.search_seconds)
+        a = 0.5 if alpha is None else alpha
+        hits = [
+            _Hit(i, f"file:///{i}.png", 1.0 - n / 100, 0.5, 0.5, f"caption {i}", [], True)
+            for n, i in enumerate(self.ids[:top_k])
+        ]
+        timings = dict.fromkeys(("tokenize", "encode", "search", "fuse", "metadata"), 0.001)
+        return _Result(hits, timings, a, self.index.version)
+
+    def add_images(self, items: list[Any]) -> list[str]:
+        new = [it.id or f"gen{len(self.ids) + n}" for n, it in enumerate(items)]
+        self.ids.extend(new)
+        self.index.version += 1
+        return new
+
+    def delete(self, ids: list[str]) -> tuple[list[str], list[str]]:
+        gone = [i for i in ids if i in self.ids]
+        self.ids = [i for i in self.ids if i not in gone]
+        if gone:
+            self.index.version += 1
+        return gone, [i for i in ids if i not in gone]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "images": len(self.ids),
+            "captions": len(self.ids),
+            "dim": 8,
+            "factory": "IDMap,Flat",
+            "index_version": self.index.version,
+            "default_alpha": 0.5,
+            "cl_space": "visual",
+        }
+
+
+# -- a real bundle + index pair -----------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_BUNDLE = REPO / "runs" / "demo" / "bundle"
+
+
+def demo_bundle() -> Path | None:
+    """runs/demo/bundle, else any finished per-seed bundle of the demo run (manifest.json is written last)."""
+    if (DEMO_BUNDLE / "manifest.json").is_file():
+        return DEMO_BUNDLE
+    found = sorted((REPO / "runs" / "demo").glob("seed*/*/bundle/manifest.json"))
+    return found[0].parent if found else None
+
+
+TUXPAINT_STAMPS = Path("/usr/share/tuxpaint/stamps")
+
+
+@dataclass(frozen=True)
+class ServedPair:
+    bundle: Path
+    index: Path  # pristine: copy it before serving anything that writes (AddImages/DeleteImages persist)
+    spare_images: list[Path]  # real PNGs that are not in the index (for AddImages)
+
+    def index_copy(self, folder: Path) -> Path:
+        target = folder / "index"
+        shutil.copytree(self.index, target)
+        return target
+
+
+def stamp_pngs() -> list[tuple[Path, str]]:
+    """(PNG, English description) of the installed Tux Paint stamps, in a stable order."""
+    from xlsearch.datasets.tuxpaint import parse_description
+
+    out = []
+    for txt in sorted(TUXPAINT_STAMPS.rglob("*.txt")):
+        png = txt.with_suffix(".png")
+        if png.is_file():
+            english, _ = parse_description(txt)
+            out.append((png, english))
+    return out
+
+
+def build_stamp_index(bundle_dir: Path, out: Path, count: int = 60) -> list[Path]:
+    """Index `count` real stamps with the indexer CLI (`xlsearch index --images DIR --captions FILE`; every 5th
+    stamp without a caption); returns spare PNGs that are not indexed (for AddImages)."""
+    import json
+
+    from xlsearch.indexer.cli import main as index_main
+
+    stamps = stamp_pngs()
+    chosen, spare = stamps[:count], [png for png, _ in stamps[count : count + 8]]
+    images = out.parent / f"{out.name}-images"
+    lines = []
+    for n, (png, english) in enumerate(chosen):
+        rel = png.relative_to(TUXPAINT_STAMPS).as_posix()
+        (images / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, images / rel)
+        if english and n % 5:
+            lines.append(json.dumps({"image": rel, "caption": english}, ensure_ascii=False))
+    captions = out.parent / f"{out.name}-captions.jsonl"
+    captions.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    argv = [
+        "--images",
+        str(images),
+        "--captions",
+        str(captions),
+        "--bundle",
+        str(bundle_dir),
+        "--out",
+        str(out),
+    ]
+    rc = index_main([*argv, "--threads", "2", "--workers", "2", "--no-progress"])
+    assert rc == 0, f"xlsearch index {' '.join(argv)} failed ({rc})"
+    return spare
+
+
+def session_pair(request: Any, tmp_path_factory: Any) -> ServedPair:
+    """The pair the server tests serve, built once per session (cached on the pytest config): the shared
+    `tiny_bundle` / `tiny_index` fixtures when conftest provides them, else the demo bundle and ~60 stamps."""
+    cached = request.config.stash.get(_PAIR_KEY, None)
+    if cached is not None:
+        return cached
+    try:
+        bundle = Path(request.getfixturevalue("tiny_bundle"))
+        index = Path(request.getfixturevalue("tiny_index"))
+        spare = [png for png, _ in stamp_pngs()[-8:]]
+    except pytest.FixtureLookupError:
+        found = demo_bundle()
+        if found is None:
+            pytest.skip(f"no bundle to serve: {DEMO_BUNDLE} is missing (run `make demo`)")
+        if not TUXPAINT_STAMPS.is_dir():
+            pytest.skip("tuxpaint-stamps-default is not installed")
+        index = tmp_path_factory.mktemp("served") / "index"
+        bundle, spare = found, build_stamp_index(found, index)
+    pair = ServedPair(bundle, index, spare)
+    request.config.stash[_PAIR_KEY] = pair
+    return pair
+
+
+_PAIR_KEY = pytest.StashKey[ServedPair]()
