@@ -3,13 +3,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SEEDS ?= 0,1,2,3,4
 
-.PHONY: help setup demo test test-fast lint format
+.PHONY: help setup proto demo serve test lint format
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 setup:  ## install Debian packages and the virtual environment (idempotent)
 	@bash scripts/setup.sh
+
+proto: setup  ## generate the gRPC/protobuf code (xlsearch/v1) from proto/
+	$(PY) proto/build.py
 
 demo: setup  ## end to end on Tux Paint: manifest, features, training, bundle, benchmark table
 	$(PY) -m xlsearch.training.pipeline --data data/tuxpaint --runs runs/demo --seeds $(SEEDS)

@@ -7,6 +7,7 @@ seed) -> bundles -> benchmark table. Every stage caches to disk, so a re-run res
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import shutil
@@ -63,8 +64,7 @@ def ensure_image_encoder(runs: Path, backbone: dict[str, Any], crop: str) -> Ima
     print(f"[2/5] exporting the image encoder {backbone} to ONNX")
     folder.mkdir(parents=True, exist_ok=True)
     bb = build_backbone(BackboneConfig(**backbone))
-    pre = bb.preprocess
-    pre.crop = crop
+    pre = dataclasses.replace(bb.preprocess, crop=crop)
     export_image_encoder(
         ImageEncoderHead(bb, center=None, normalize=True).eval(),
         folder / "image_encoder.onnx",
