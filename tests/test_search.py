@@ -1,0 +1,369 @@
+"""SearchEngine on a real bundle and real Tux Paint images: exact fusion equals brute force over every image, tag
+filter, validation, add/delete (also while searching) and persistence."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xlsearch.bundle import Bundle
+from xlsearch.index import ImageIndex, ImageMeta
+from xlsearch.manifest import Manifest, Record, read_manifest
+from xlsearch.preprocess import load_image
+from xlsearch.search import (
+    ImageTooLarge,
+    InvalidArgument,
+    InvalidImage,
+    InvalidQuery,
+    Limits,
+    NewImage,
+    NotFound,
+    SearchEngine,
+    SearchError,
+    SearchResult,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+FALLBACK_BUNDLES = (REPO / "runs/demo/bundle", REPO / "runs/demo/seed0/w2vv/bundle")
+FALLBACK_MANIFEST = REPO / "data/tuxpaint"
+MAX_IMAGES = 150  # the test split + some others: enough to make depth matter, small enough to stay fast
+K = 10
+
+
+# -- fixtures (shared with test_indexer.py by copy: fixtures cannot be imported between test modules) ------------
+def _load_bundle(request: pytest.FixtureRequest) -> Bundle:
+    try:
+        b = request.getfixturevalue("tiny_bundle")
+    except pytest.FixtureLookupError:
+        b = next((p for p in FALLBACK_BUNDLES if (p / "manifest.json").is_file()), None)
+        if b is None:
+            pytest.skip("no tiny_bundle fixture and no demo bundle under runs/demo")
+    return b if isinstance(b, Bundle) else Bundle(b)
+
+
+def _load_manifest(request: pytest.FixtureRequest) -> Manifest:
+    try:
+        m = request.getfixturevalue("tiny_manifest")
+    except pytest.FixtureLookupError:
+        if not (FALLBACK_MANIFEST / "manifest.jsonl").is_file():
+            pytest.skip("no tiny_manifest fixture and no data/tuxpaint manifest")
+        m = FALLBACK_MANIFEST
+    return m if isinstance(m, Manifest) else read_manifest(m)
+
+
+@dataclass
+class Collection:
+    bundle: Bundle
+    manifest: Manifest
+    records: list[Record]  # indexed, in int id order
+    others: list[Record]  # not indexed (material for add_images)
+    index: ImageIndex
+    folder: Path  # a saved copy of `index`
+    queries: list[str]
+    qvecs: list[tuple[np.ndarray, np.ndarray]]
+
+
+def uncaptioned(i: int) -> bool:
+    return i % 10 == 7  # ~10% of the images lose their caption: exercises the CL imputation and its bound
+
+
+def tags_of(i: int, rec: Record) -> tuple[str, ...]:
+    return (rec.id.split("/")[0], "甲" if i % 2 == 0 else "乙")
+
+
+@pytest.fixture(scope="module")
+def coll(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Collection:
+    bundle, manifest = _load_bundle(request), _load_manifest(request)
+    test = [r for r in manifest.split("test") if r.zh]
+    rest = [r for r in manifest.records if r.split != "test"]
+    records = (test + rest)[: max(MAX_IMAGES, len(test))]
+    others = rest[max(0, len(records) - len(test)) :][:20]
+    images = [load_image(manifest.image_path(r)) for r in records]
+    img = np.concatenate([bundle.encode_images(images[i : i + 16]) for i in range(0, len(images), 16)])
+    metas = [
+        ImageMeta(r.id, str(manifest.image_path(r)), () if uncaptioned(i) else tuple(r.en), tags_of(i, r))
+        for i, r in enumerate(records)
+    ]
+    captioned = [i for i, m in enumerate(metas) if m.has_caption]
+    cap_vecs = bundle.cl_vectors([metas[i].caption for i in captioned], "en")
+    caps: list[np.ndarray | None] = [None] * len(records)
+    for i, v in zip(captioned, cap_vecs, strict=True):
+        caps[i] = v
+    index = ImageIndex.create(bundle)
+    index.add(metas, img, caps)
+    np.testing.assert_array_equal(index.image_vectors(np.arange(3)), img[:3])  # stored == computed
+    folder = index.save(tmp_path_factory.mktemp("search") / "index")
+    engine = SearchEngine(bundle, index, persist=False)
+    queries = [s for r in test for s in r.zh]
+    q_cm, q_cl = engine.encode_queries(queries)  # one batch: far fewer ONNX calls than one per query
+    return Collection(
+        bundle, manifest, records, others, index, folder, queries, list(zip(q_cm, q_cl, strict=True))
+    )
+
+
+@pytest.fixture
+def live(coll: Collection, tmp_path: Path) -> SearchEngine:
+    """A fresh engine on a private copy of the collection's index, persisting to tmp_path/index."""
+    index = ImageIndex.load(coll.folder, coll.bundle)
+    index.save(tmp_path / "index")
+    return SearchEngine(coll.bundle, index)
+
+
+# -- brute force ----------------------------------------------------------------------------------------------------
+def brute(
+    index: ImageIndex, q_cm: np.ndarray, q_cl: np.ndarray, a: float, allowed: np.ndarray | None = None
+) -> dict[int, tuple[float, float, float]]:
+    """int id -> (fused, cl, cm) for every (allowed) image, by numpy over all stored vectors. Images without a
+    caption take CM as CL (the engine's documented rule)."""
+    ids = index.images.ids()
+    cm = index.images.all_vectors().astype(np.float64) @ q_cm.astype(np.float64)
+    cl = cm.copy()
+    cap_pos = {int(i): n for n, i in enumerate(index.captions.ids())}
+    cap_cl = index.captions.all_vectors().astype(np.float64) @ q_cl.astype(np.float64)
+    for n, i in enumerate(ids):
+        if int(i) in cap_pos:
+            cl[n] = cap_cl[cap_pos[int(i)]]
+    fused = a * cl + (1 - a) * cm
+    keep = set(allowed.tolist()) if allowed is not None else None
+    return {int(i): (fused[n], cl[n], cm[n]) for n, i in enumerate(ids) if keep is None or int(i) in keep}
+
+
+def assert_matches_brute(
+    res: SearchResult, scores: dict[int, tuple[float, float, float]], index: ImageIndex
+) -> None:
+    """Same top-k ids (up to exact-score ties) and the same fused, CL and CM scores."""
+    ranked = sorted(scores, key=lambda i: (-scores[i][0], i))[:K]
+    assert len(res.hits) == len(ranked)
+    for hit, want in zip(res.hits, ranked, strict=True):
+        got = index.int_id(hit.id)
+        if got != want:  # allowed only for a tie
+            assert scores[got][0] == pytest.approx(scores[want][0], abs=1e-6), (hit.id, got, want)
+        f, cl, cm = scores[got]
+        assert (hit.score, hit.cl_score, hit.cm_score) == pytest.approx((f, cl, cm), abs=1e-5)
+
+
+# -- exact fusion ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("depth", [None, 1], ids=["default-depth", "depth-1"])
+def test_fusion_equals_brute_force_over_all_images(coll: Collection, depth: int | None) -> None:
+    """For every test-split query, CL, CM and CLM (bundle alpha and 0.5) rank like brute force over all images;
+    with initial depth 1 the threshold loop has to iterate."""
+    engine = SearchEngine(coll.bundle, coll.index, persist=False, initial_depth=depth)
+    rounds = []
+    for q_cm, q_cl in coll.qvecs:
+        for mode, alpha in (("CL", None), ("CM", None), ("CLM", None), ("CLM", 0.5)):
+            a = {"CL": 1.0, "CM": 0.0}.get(mode, coll.bundle.alpha if alpha is None else alpha)
+            res = engine.search_vectors(q_cm, q_cl, K, mode, alpha)
+            assert res.alpha == a and res.exact
+            assert_matches_brute(res, brute(coll.index, q_cm, q_cl, a), coll.index)
+            rounds.append(res.rounds)
+    assert len(coll.qvecs) >= 10
+    if depth == 1:
+        assert max(rounds) >= 4  # 1 -> 2 -> 4 -> 8 -> ... really iterated
+
+
+def test_search_encodes_like_encode_query(coll: Collection) -> None:
+    engine = SearchEngine(coll.bundle, coll.index, persist=False)
+    for q in coll.queries[:3]:
+        res = engine.search(q, K, "CLM")
+        q_cm, q_cl = engine.encode_query(q)
+        assert [h.id for h in res.hits] == [h.id for h in engine.search_vectors(q_cm, q_cl, K).hits]
+        assert list(res.timings) == ["tokenize", "encode", "search", "fuse", "metadata"]
+        assert res.alpha == coll.bundle.alpha and res.index_version == coll.index.version
+    hit = res.hits[0]
+    meta = engine.get(hit.id)
+    assert (hit.uri, hit.caption, hit.tags, hit.has_caption) == (
+        meta.uri,
+        meta.caption,
+        list(meta.tags),
+        meta.has_caption,
+    )
+
+
+def test_uncaptioned_images_take_cm_as_cl(coll: Collection) -> None:
+    engine = SearchEngine(coll.bundle, coll.index, persist=False)
+    q_cm, q_cl = coll.qvecs[0]
+    hits = engine.search_vectors(q_cm, q_cl, 1000, "CM").hits
+    assert len(hits) == coll.index.count
+    bare = [h for h in hits if not h.has_caption]
+    assert len(bare) == sum(uncaptioned(i) for i in range(len(coll.records)))
+    assert all(h.cl_score == h.cm_score and h.caption == "" for h in bare)
+    assert all(h.cl_score != h.cm_score for h in hits if h.has_caption)
+
+
+def test_tag_filter_equals_brute_force_on_tagged_images(coll: Collection) -> None:
+    engine = SearchEngine(coll.bundle, coll.index, persist=False, initial_depth=2)
+    counts = coll.index.tag_counts()
+    common = max((t for t in counts if t not in ("甲", "乙")), key=counts.get)
+    rare = min((t for t in counts if t not in ("甲", "乙")), key=counts.get)
+    for tags in ([common], [common, "乙"], [rare]):
+        allowed = coll.index.ids_with_tags(tags)
+        for q_cm, q_cl in coll.qvecs[:15]:
+            for mode, a in (("CLM", coll.bundle.alpha), ("CL", 1.0), ("CM", 0.0)):
+                res = engine.search_vectors(q_cm, q_cl, K, mode, tags=tags)
+                assert all(set(tags) <= set(h.tags) for h in res.hits)
+                assert_matches_brute(res, brute(coll.index, q_cm, q_cl, a, allowed), coll.index)
+                assert len(res.hits) == min(K, len(allowed))  # filtered inside the search, not after top-k
+    assert engine.search(coll.queries[0], K, tags=["没有这个标签"]).hits == []
+
+
+# -- validation -----------------------------------------------------------------------------------------------------
+def test_validation_errors(coll: Collection) -> None:
+    engine = SearchEngine(
+        coll.bundle, coll.index, persist=False, limits=Limits(max_query_chars=20, max_top_k=50)
+    )
+    bad_queries = ["", "   \n\t", "长" * 21, None, 42]
+    for q in bad_queries:
+        with pytest.raises(InvalidQuery):
+            engine.search(q, 5)  # type: ignore[arg-type]
+    for kwargs in (
+        {"top_k": 0},
+        {"top_k": 51},
+        {"top_k": 2.5},
+        {"top_k": True},
+        {"alpha": -0.01},
+        {"alpha": 1.01},
+        {"alpha": float("nan")},
+        {"alpha": "0.5"},
+        {"mode": "XL"},
+        {"mode": None},
+        {"tags": [""]},
+        {"tags": ["a"] * 33},
+    ):
+        with pytest.raises(InvalidArgument):
+            engine.search("猫", **{"top_k": 5, **kwargs})
+    with pytest.raises(InvalidArgument, match="needs a CL query vector"):
+        engine.search_vectors(coll.qvecs[0][0], None, 5, "CLM")
+    with pytest.raises(NotFound):
+        engine.get("no-such-image")
+    assert issubclass(InvalidQuery, SearchError) and InvalidQuery.grpc_status == "INVALID_ARGUMENT"
+    assert NotFound.grpc_status == "NOT_FOUND" and ImageTooLarge.grpc_status == "RESOURCE_EXHAUSTED"
+    assert engine.search("猫", 5, "clm").hits  # mode is case-insensitive; 20 chars is still fine
+    assert engine.search("长" * 20, 5).hits
+
+
+@pytest.mark.parametrize("query", ["🐸🐸🐸", "。。。！", "hello world", "a", "\u200b青蛙\u200b", "👍 " * 100])
+def test_odd_queries_still_return_results(coll: Collection, query: str) -> None:
+    engine = SearchEngine(coll.bundle, coll.index, persist=False)
+    res = engine.search(query, 5, "CLM")
+    assert len(res.hits) == 5 and all(np.isfinite(h.score) for h in res.hits)
+
+
+# -- add / delete ---------------------------------------------------------------------------------------------------
+def _png(coll: Collection, n: int) -> bytes:
+    return coll.manifest.image_path(coll.others[n]).read_bytes()
+
+
+def test_add_delete_and_persist(coll: Collection, live: SearchEngine) -> None:
+    v0, n0 = live.version, live.index.count
+    data = _png(coll, 0)
+    ids = live.add_images(
+        [
+            NewImage(data, id="new/with-caption", caption="A green frog on a leaf.", uri="s3://x/1.png"),
+            NewImage(data),
+        ]
+    )
+    assert ids[0] == "new/with-caption"
+    assert len(ids[1]) == 64 and ids[1] == __import__("hashlib").sha256(data).hexdigest()
+    assert live.index.count == n0 + 2 and live.version == v0 + 1
+    assert live.get(ids[1]).has_caption is False
+    # the same bytes under the same id replace the entry (no duplicate); the caption is updated
+    live.add_images([NewImage(data, id="new/with-caption", caption="A frog.")])
+    assert live.index.count == n0 + 2 and live.get("new/with-caption").caption == "A frog."
+    np.testing.assert_allclose(
+        live.image_vector(ids[1]), coll.bundle.encode_images([load_image(data)])[0], atol=1e-6
+    )
+    # an added image is findable by its own vector, with exact scores
+    res = live.search_vectors(live.image_vector(ids[1]), None, 2, "CM")
+    assert {h.id for h in res.hits} == set(ids) and res.hits[0].cm_score == pytest.approx(1.0, abs=1e-4)
+    deleted, missing = live.delete([ids[1], "ghost", coll.records[0].id])
+    assert (deleted, missing) == ([ids[1], coll.records[0].id], ["ghost"])
+    assert live.index.count == n0 and live.version == v0 + 3
+    assert live.delete(["ghost"]) == ([], ["ghost"]) and live.version == v0 + 3
+    # every change was persisted atomically
+    back = ImageIndex.load(live.folder, coll.bundle)
+    assert (back.count, back.version) == (live.index.count, live.version)
+    assert back.metadata([back.int_id("new/with-caption")])[0].caption == "A frog."
+    stats = live.stats()
+    assert stats["images"] == n0 and stats["index_version"] == v0 + 3 and stats["saved_version"] == v0 + 3
+    assert stats["bundle_hash"] == coll.bundle.content_hash and stats["default_alpha"] == coll.bundle.alpha
+
+
+def test_add_rejects_bad_images_all_or_nothing(coll: Collection, live: SearchEngine) -> None:
+    n0, v0 = live.index.count, live.version
+    good = _png(coll, 1)
+    with pytest.raises(InvalidImage):
+        live.add_images([NewImage(good, id="ok"), NewImage(b"\x89PNG\r\n\x1a\n not really", id="bad")])
+    with pytest.raises(InvalidImage):
+        live.add_images([NewImage(b"")])
+    small = SearchEngine(coll.bundle, live.index, persist=False, limits=Limits(max_image_bytes=len(good) - 1))
+    with pytest.raises(ImageTooLarge):
+        small.add_images([NewImage(good)])
+    tiny = SearchEngine(coll.bundle, live.index, persist=False, limits=Limits(max_image_pixels=100))
+    with pytest.raises(ImageTooLarge, match="pixels"):
+        tiny.add_images([NewImage(good)])
+    with pytest.raises(InvalidArgument, match="caption"):
+        live.add_images([NewImage(good, caption="x" * 5000)])
+    assert (live.index.count, live.version) == (n0, v0)
+    assert live.add_images([]) == [] and live.version == v0
+
+
+def test_add_and_delete_while_searching(coll: Collection, live: SearchEngine) -> None:
+    """Readers search continuously while a writer adds and deletes; no reader fails or sees a torn state, and the
+    final state is consistent with brute force and with what was persisted."""
+    stop, errors, searched = threading.Event(), [], [0]
+    qvecs = coll.qvecs[:8]
+
+    def reader(real: bool) -> None:
+        try:
+            while not stop.is_set():
+                for n, (q_cm, q_cl) in enumerate(qvecs):
+                    res = (
+                        live.search(coll.queries[n], K, "CLM")
+                        if real and n == 0
+                        else live.search_vectors(q_cm, q_cl, K, "CLM", tags=["甲"] if n % 2 else None)
+                    )
+                    ids, scores = [h.id for h in res.hits], [h.score for h in res.hits]
+                    assert len(ids) == K and len(set(ids)) == K
+                    assert scores == sorted(scores, reverse=True)
+                    searched[0] += 1
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader, args=(i == 0,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        added = []
+        for step in range(3):
+            items = [
+                NewImage(
+                    _png(coll, 2 + 3 * step + j),
+                    id=f"live/{step}/{j}",
+                    caption=f"picture {step} {j}" if j else None,
+                )
+                for j in range(3)
+            ]
+            added += live.add_images(items)
+            live.delete([coll.records[10 + step].id, added[0] if step == 2 else "ghost"])
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert not errors, errors
+    assert searched[0] > 0
+    index = live.index
+    assert index.count == len(coll.records) + 9 - 4
+    assert index.int_id(added[0]) is None and index.int_id(added[-1]) is not None
+    a = coll.bundle.alpha
+    for q_cm, q_cl in qvecs[:4]:
+        assert_matches_brute(live.search_vectors(q_cm, q_cl, K, "CLM"), brute(index, q_cm, q_cl, a), index)
+    back = SearchEngine(coll.bundle, ImageIndex.load(live.folder, coll.bundle), persist=False)
+    assert back.version == live.version
+    for q_cm, q_cl in qvecs[:4]:
+        assert [h.id for h in back.search_vectors(q_cm, q_cl, K).hits] == [
+            h.id for h in live.search_vectors(q_cm, q_cl, K).hits
+        ]
