@@ -77,3 +77,70 @@ def tuxpaint_subset(tmp_path_factory: pytest.TempPathFactory) -> TuxSubset:
         return [b.relative_to(TUXPAINT_STAMPS).as_posix() for b in bases]
 
     return TuxSubset(root, ids(png), ids(svg_only), ids(no_zh), ["broken/stamp"], ["broken/orphan"])
+
+
+# -- a small, real trained bundle shared by the serving tests ---------------------------------------------------
+TINY_STAMPS = 160  # enough for a test split of ~24 queries and for fusion depth to matter
+
+
+@dataclass
+class TinyRun:
+    data: Path  # Tux Paint manifest folder (TINY_STAMPS stamps, seed-0 splits)
+    runs: Path  # pipeline output; the served bundle is runs / "bundle"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    """The real pipeline (Tux Paint subset -> EfficientNet-Lite0 features -> tiny Enhanced W2VV + e5 -> bundle),
+    run once per session with a tiny config (tests/fixtures/tiny_config.json)."""
+    if not TUXPAINT_STAMPS.is_dir():
+        pytest.skip("tuxpaint-stamps-default is not installed (/usr/share/tuxpaint/stamps)")
+    pytest.importorskip("torch")
+    from xlsearch.datasets.tuxpaint import convert_tuxpaint
+    from xlsearch.training.pipeline import main as pipeline_main
+
+    root = tmp_path_factory.mktemp("tiny")
+    data, runs = root / "data", root / "runs"
+    convert_tuxpaint(data, seed=0, limit=TINY_STAMPS, progress=False)
+    argv = [
+        "--data",
+        str(data),
+        "--runs",
+        str(runs),
+        "--seeds",
+        "0",
+        "--config",
+        str(FIXTURES / "tiny_config.json"),
+    ]
+    assert pipeline_main(argv) == 0
+    return TinyRun(data, runs)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run: TinyRun) -> Path:
+    return tiny_run.runs / "bundle"
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tiny_run: TinyRun) -> Path:
+    return tiny_run.data
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tiny_run: TinyRun, tiny_bundle: Path) -> Path:
+    """An exact index of every tiny-manifest image, built by the real indexer CLI (tests copy it before writing)."""
+    from xlsearch.indexer.cli import main as index_main
+
+    out = tiny_run.runs / "index"
+    if not (out / "manifest.json").exists():
+        argv = [
+            "--manifest",
+            str(tiny_run.data),
+            "--bundle",
+            str(tiny_bundle),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+        assert index_main(argv) == 0
+    return out

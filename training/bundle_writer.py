@@ -14,13 +14,14 @@ import torch
 
 import xlsearch
 from xlsearch.bundle import write_bundle_manifest
+from xlsearch.training.export_image import export_image_encoder
 from xlsearch.training.export_text import export_text_encoder
 from xlsearch.training.train_w2vv import TrainConfig, TrainedEncoder
 
 
 def write_w2vv_bundle(
     folder: str | Path,
-    image_encoder_onnx: str | Path,
+    image_encoder: torch.nn.Module,
     image_spec: dict[str, Any],
     encoders: dict[str, TrainedEncoder],
     train_config: TrainConfig,
@@ -28,12 +29,15 @@ def write_w2vv_bundle(
     fusion: dict[str, Any],
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`image_spec` holds the image encoder's dim, preprocessing and backbone description."""
+    """`image_encoder` maps pixels to index vectors (backbone + head); `image_spec` holds its dim, preprocessing
+    and backbone description."""
     folder = Path(folder)
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    shutil.copyfile(image_encoder_onnx, folder / "image_encoder.onnx")
+    export_image_encoder(
+        image_encoder.eval(), folder / "image_encoder.onnx", image_spec["preprocess"]["image_size"]
+    )
     text_specs = {}
     for lang, enc in encoders.items():
         export_text_encoder(enc.model, folder / f"text_encoder_{lang}.onnx", enc.model_config)

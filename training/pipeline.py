@@ -24,19 +24,22 @@ from xlsearch.bundle import Bundle
 from xlsearch.datasets.tuxpaint import convert_tuxpaint
 from xlsearch.features import extract_features
 from xlsearch.manifest import Manifest, read_manifest, resplit_manifest
+from xlsearch.preprocess import PreprocessConfig
 from xlsearch.report import format_results
 from xlsearch.sentence import build_sentence_encoder, cached_encode
 from xlsearch.training.backbones import BackboneConfig, build_backbone
 from xlsearch.training.bundle_writer import write_w2vv_bundle
 from xlsearch.training.export_image import ImageEncoderHead, export_image_encoder
-from xlsearch.training.train_w2vv import TrainConfig, collect_pairs, train_encoder
+from xlsearch.training.image_head import ImageEncoder
+from xlsearch.training.train_w2vv import TrainConfig, train_pair
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "tuxpaint.json"
 
 
 @dataclass
-class ImageEncoder:
-    onnx: Path
+class Backbone:
+    module: torch.nn.Module  # the frozen backbone (torch), reused by every bundle's image encoder
+    onnx: Path  # backbone + L2 normalisation, for feature extraction
     spec: dict[str, Any]  # dim, preprocess, backbone
 
 
@@ -54,16 +57,16 @@ def ensure_dataset(data: Path, stamps_root: str | None) -> Manifest:
     return read_manifest(data)
 
 
-def ensure_image_encoder(runs: Path, backbone: dict[str, Any], crop: str) -> ImageEncoder:
-    """Export the backbone (+ L2 normalisation) to ONNX once per backbone config."""
+def ensure_backbone(runs: Path, backbone: dict[str, Any], crop: str) -> Backbone:
+    """Build the backbone; export it (+ L2 normalisation) to ONNX once per backbone config."""
     folder = runs / "image_encoder" / slug(json.dumps(backbone, sort_keys=True) + crop)
     spec_path = folder / "spec.json"
-    if spec_path.exists():
-        print(f"[2/5] image encoder {folder} exists")
-        return ImageEncoder(folder / "image_encoder.onnx", json.loads(spec_path.read_text()))
-    print(f"[2/5] exporting the image encoder {backbone} to ONNX")
-    folder.mkdir(parents=True, exist_ok=True)
     bb = build_backbone(BackboneConfig(**backbone))
+    if spec_path.exists():
+        print(f"[2/5] backbone {folder} exists")
+        return Backbone(bb, folder / "image_encoder.onnx", json.loads(spec_path.read_text()))
+    print(f"[2/5] exporting the backbone {backbone} to ONNX")
+    folder.mkdir(parents=True, exist_ok=True)
     pre = dataclasses.replace(bb.preprocess, crop=crop)
     export_image_encoder(
         ImageEncoderHead(bb, center=None, normalize=True).eval(),
@@ -72,14 +75,14 @@ def ensure_image_encoder(runs: Path, backbone: dict[str, Any], crop: str) -> Ima
     )
     spec = {"dim": bb.dim, "preprocess": pre.to_dict(), "backbone": backbone, "backbone_name": bb.name}
     spec_path.write_text(json.dumps(spec, indent=2))
-    return ImageEncoder(folder / "image_encoder.onnx", spec)
+    return Backbone(bb, folder / "image_encoder.onnx", spec)
 
 
-def image_vectors(manifest: Manifest, enc: ImageEncoder, cache: Path) -> dict[str, np.ndarray]:
-    from xlsearch.preprocess import PreprocessConfig
-
+def image_vectors(
+    manifest: Manifest, onnx: Path, preprocess: dict[str, Any], cache: Path
+) -> dict[str, np.ndarray]:
     ids, feats, report = extract_features(
-        manifest, enc.onnx, PreprocessConfig.from_dict(enc.spec["preprocess"]), cache
+        manifest, onnx, PreprocessConfig.from_dict(preprocess), cache, progress=False
     )
     if report.get("skipped"):
         print(f"      skipped {len(report['skipped'])} unreadable images (see {cache}/report.json)")
@@ -106,38 +109,43 @@ def run_variant(
     cfg: TrainConfig,
     split_manifest: Manifest,
     seed: int,
-    enc: ImageEncoder,
+    backbone: Backbone,
     vectors: dict[str, np.ndarray],
     sent: dict[str, dict[str, Any]],
     sentence_spec: dict | None,
     out: Path,
+    cache: Path,
 ) -> dict[str, Any]:
     result_path = out / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
     t0 = time.time()
-    encoders = {}
-    for lang in ("zh", "en"):
-        encoders[lang] = train_encoder(
-            cfg,
-            lang,
-            collect_pairs(split_manifest, "train", lang),
-            collect_pairs(split_manifest, "val", lang),
-            vectors,
-            sentence_vectors=sent[lang] if cfg.sentence_branch else None,
-            seed=seed,
-        )
+    head, encoders = train_pair(
+        cfg, split_manifest, vectors, sent if cfg.sentence_branch else None, seed=seed
+    )
     bundle_dir = out / "bundle"
-    fusion = {"alpha": 0.5, "cl_space": "visual"}
-    manifest_extra = {"name": name, "dataset": str(split_manifest.root), "seed": seed}
-    spec = sentence_spec if sentence_spec else None
-    write_w2vv_bundle(bundle_dir, enc.onnx, enc.spec, encoders, cfg, spec, fusion, manifest_extra)
-    metrics = evaluate(Bundle(bundle_dir), split_manifest, vectors)
+    spec = {
+        **backbone.spec,
+        "dim": head.dim,
+        "head": {"center": cfg.center_images, "proj_dim": cfg.image_projection},
+    }
+    extra = {"name": name, "dataset": str(split_manifest.root), "seed": seed}
+    sentence = sentence_spec if sentence_spec else None
+    image_encoder = ImageEncoder(backbone.module, head)
+
+    def write(fusion: dict[str, Any]) -> None:
+        write_w2vv_bundle(bundle_dir, image_encoder, spec, encoders, cfg, sentence, fusion, extra)
+
+    write({"alpha": 0.5, "cl_space": "visual"})
+    # Index vectors come from the bundle's own image encoder, exactly as the indexer will compute them.
+    index_vectors = image_vectors(
+        split_manifest, bundle_dir / "image_encoder.onnx", spec["preprocess"], cache
+    )
+    metrics = evaluate(Bundle(bundle_dir), split_manifest, index_vectors)
     # Serve CL in whichever space measured better on validation; record its alpha.
     space = max(metrics["alphas"], key=lambda s: metrics["alphas"][s]["val_mrr"])
-    fusion = {"cl_space": space, **metrics["alphas"][space], "candidates": metrics["alphas"]}
-    manifest_extra["benchmark"] = metrics["rows"]
-    write_w2vv_bundle(bundle_dir, enc.onnx, enc.spec, encoders, cfg, spec, fusion, manifest_extra)
+    extra["benchmark"] = metrics["rows"]
+    write({"cl_space": space, **metrics["alphas"][space], "candidates": metrics["alphas"]})
     result = {
         "variant": name,
         "seed": seed,
@@ -173,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         variants = {k: variants[k] for k in wanted}
 
     manifest = ensure_dataset(data, args.stamps_root)
-    enc = ensure_image_encoder(runs, config["backbone"], config.get("crop", "center"))
+    backbone = ensure_backbone(runs, config["backbone"], config.get("crop", "center"))
     print(f"[3/5] image features for {len(manifest)} images")
-    vectors = image_vectors(manifest, enc, runs / "cache" / "features")
+    cache = runs / "cache" / "features"
+    vectors = image_vectors(manifest, backbone.onnx, backbone.spec["preprocess"], cache)
     sentence_spec = config.get("sentence_encoder")
     print("[4/5] pretrained sentence vectors (e5)")
     sent = sentence_vectors(manifest, sentence_spec, runs / "cache" / "sentences")
@@ -194,11 +203,12 @@ def main(argv: list[str] | None = None) -> int:
                 cfg,
                 split_manifest,
                 seed,
-                enc,
+                backbone,
                 vectors,
                 sent,
                 sentence_spec,
                 runs / f"seed{seed}" / slug(name),
+                cache,
             )
             results.append(r)
             rows = r["rows"]

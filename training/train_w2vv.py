@@ -1,25 +1,22 @@
-"""Train one W2VV / Enhanced W2VV sentence encoder (one language) to predict image vectors.
+"""Train W2VV / Enhanced W2VV sentence encoders (one per language) to predict image vectors.
 
-`main(argv)` trains from a manifest + cached image features; `train_encoder` is the library entry used by the
-pipeline. Model selection: the epoch with the best validation MRR of sentence -> image (cross-modal) retrieval.
+`train_pair` trains the image head and both encoders; the pipeline (`xlsearch-train`) is the entry point. Model selection: the epoch with the best validation MRR of sentence -> image (cross-modal) retrieval.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import random
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from xlsearch.manifest import Manifest, read_manifest
+from xlsearch.manifest import Manifest
 from xlsearch.metrics import retrieval_metrics
 from xlsearch.text import Vocab, encode_batch, tokenizer_for
+from xlsearch.training.image_head import ImageHead
 from xlsearch.training.losses import contrastive_loss, infonce_loss, mse_loss, vse_hardest_negative_loss
 from xlsearch.training.w2vv import TextEncoderConfig, W2VVTextEncoder, build_text_encoder
 
@@ -45,6 +42,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     min_count: int = 1
     max_len: int = 32
+    use_bow: bool = True
+    use_mean_embedding: bool = True
+    use_gru: bool = True
+    center_images: bool = False  # subtract the training images' mean feature (see image_head.py)
+    image_projection: int = 0  # > 0: learn a linear image projection of this size jointly with the zh encoder
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -118,29 +120,38 @@ def train_encoder(
     train: Pairs,
     val: Pairs,
     image_vectors: dict[str, np.ndarray],
+    head: ImageHead,
+    train_head: bool,
     sentence_vectors: dict[str, np.ndarray] | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> TrainedEncoder:
-    """Fit an encoder of `lang` sentences onto the (L2-normalised) image vectors; keep the best val epoch."""
+    """Fit an encoder of `lang` sentences onto head(image vectors); keep the epoch with the best val MRR.
+
+    With `train_head` the image head's projection is learned jointly (and its best state kept); otherwise the head
+    is frozen and the encoder learns into its space."""
     torch.manual_seed(seed)
     random.seed(seed)
     rng = np.random.default_rng(seed)
     vocab = Vocab.build(train.tokens, min_count=cfg.min_count)
-    dim = len(next(iter(image_vectors.values())))
     sent_dim = len(next(iter(sentence_vectors.values()))) if cfg.sentence_branch and sentence_vectors else 0
     mcfg = TextEncoderConfig(
         vocab_size=len(vocab),
-        out_dim=dim,
+        out_dim=head.dim,
         word_dim=cfg.word_dim,
         gru_dim=cfg.gru_dim,
         attention=cfg.attention,
+        use_bow=cfg.use_bow,
+        use_mean_embedding=cfg.use_mean_embedding,
+        use_gru=cfg.use_gru,
         sentence_dim=sent_dim,
         mlp_hidden=list(cfg.mlp_hidden),
         dropout=cfg.dropout,
     )
     model = build_text_encoder(mcfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = list(model.parameters()) + (list(head.parameters()) if train_head else [])
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    head.requires_grad_(train_head)
 
     def sent(p: Pairs) -> np.ndarray | None:
         if not sent_dim:
@@ -148,14 +159,15 @@ def train_encoder(
         return np.stack([sentence_vectors[s] for s in p.sentences]).astype(np.float32)
 
     train_img = torch.from_numpy(np.stack([image_vectors[i] for i in train.image_ids]).astype(np.float32))
-    val_img = np.stack([image_vectors[i] for i in val.image_ids]).astype(np.float32)
+    val_img = torch.from_numpy(np.stack([image_vectors[i] for i in val.image_ids]).astype(np.float32))
     train_sent, val_sent = sent(train), sent(val)
     history: list[dict] = []
     best: dict = {"mrr": -1.0}
-    best_state = None
+    best_state = best_head = None
     bar = tqdm(range(cfg.epochs), desc=f"train {lang}", disable=not progress, leave=False)
     for epoch in bar:
         model.train()
+        head.train(train_head)
         order = rng.permutation(len(train.tokens))
         total = 0.0
         for b in range(0, len(order), cfg.batch_size):
@@ -166,65 +178,60 @@ def train_encoder(
             s = torch.from_numpy(train_sent[idx]) if train_sent is not None else None
             text = model.embed(torch.from_numpy(ids), torch.from_numpy(lengths), s)
             img_idx = torch.from_numpy(train.image_index[idx])
-            loss = _loss(cfg, text, torch.nn.functional.normalize(train_img[img_idx], dim=1), img_idx)
+            loss = _loss(cfg, text, head(train_img[img_idx]), img_idx)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
+        head.eval()
+        with torch.no_grad():
+            v = head(val_img).numpy()
         q = _embed(model, vocab, val.tokens, val_sent, cfg.max_len)
-        m = retrieval_metrics(q @ val_img.T, val.image_index)
+        m = retrieval_metrics(q @ v.T, val.image_index)
         history.append({"epoch": epoch, "loss": total / len(order), **m})
         if m["mrr"] > best["mrr"]:
             best = {"epoch": epoch, **m}
             best_state = copy.deepcopy(model.state_dict())
+            best_head = copy.deepcopy(head.state_dict())
         bar.set_postfix(
             loss=f"{total / len(order):.4f}", val_mrr=f"{m['mrr']:.3f}", best=f"{best['mrr']:.3f}"
         )
-    assert best_state is not None
+    assert best_state is not None and best_head is not None
     model.load_state_dict(best_state)
+    head.load_state_dict(best_head)
     model.eval()
+    head.eval()
+    head.requires_grad_(False)
     return TrainedEncoder(model, mcfg, vocab, lang, history, best)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Train zh and en encoders from a manifest and an image-feature file (.npz with `ids`, `features`)."""
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--manifest", required=True)
-    ap.add_argument("--features", required=True, help=".npz with arrays ids, features")
-    ap.add_argument("--config", help="JSON file with TrainConfig fields")
-    ap.add_argument("--out", required=True, help="folder for checkpoints and history")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    cfg = TrainConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else TrainConfig()
-    manifest = read_manifest(args.manifest)
-    npz = np.load(args.features)
-    vectors = dict(zip([str(i) for i in npz["ids"]], npz["features"], strict=True))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+def train_pair(
+    cfg: TrainConfig,
+    manifest: Manifest,
+    image_vectors: dict[str, np.ndarray],
+    sentence_vectors: dict[str, dict[str, np.ndarray]] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[ImageHead, dict[str, TrainedEncoder]]:
+    """The image head and both encoders: zh first (learning the head's projection, if any), then en into the
+    same, frozen space. Each language is trained separately on its own sentences."""
+    train_ids = [r.id for r in manifest.split("train")]
+    train_img = torch.from_numpy(np.stack([image_vectors[i] for i in train_ids]).astype(np.float32))
+    center = torch.nn.functional.normalize(train_img, dim=1).mean(0) if cfg.center_images else None
+    torch.manual_seed(seed)
+    head = ImageHead(train_img.shape[1], cfg.image_projection, center)
+    encoders = {}
     for lang in ("zh", "en"):
-        enc = train_encoder(
+        encoders[lang] = train_encoder(
             cfg,
             lang,
             collect_pairs(manifest, "train", lang),
             collect_pairs(manifest, "val", lang),
-            vectors,
-            seed=args.seed,
+            image_vectors,
+            head,
+            train_head=lang == "zh" and cfg.image_projection > 0,
+            sentence_vectors=(sentence_vectors or {}).get(lang) if cfg.sentence_branch else None,
+            seed=seed,
+            progress=progress,
         )
-        torch.save(
-            {
-                "state_dict": enc.model.state_dict(),
-                "model_config": asdict(enc.model_config),
-                "vocab": enc.vocab.to_json(),
-                "train_config": asdict(cfg),
-            },
-            out / f"text_encoder_{lang}.pt",
-        )
-        (out / f"history_{lang}.json").write_text(
-            json.dumps({"best": enc.best, "history": enc.history}, indent=1)
-        )
-        print(f"{lang}: best val MRR {enc.best['mrr']:.3f} at epoch {enc.best['epoch']}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return head, encoders

@@ -171,7 +171,9 @@ class Bundle:
             if sentence_embedding is None:
                 sentence_embedding = self.sentence_embeddings(texts, lang)
             feeds["sentence_embedding"] = sentence_embedding.astype(np.float32)
-        return tower.session.run(None, feeds)[0]
+        # An encoder built from the sentence branch alone has no token inputs (the exporter prunes them).
+        wanted = {i.name for i in tower.session.get_inputs()}
+        return tower.session.run(None, {k: v for k, v in feeds.items() if k in wanted})[0]
 
     def cl_vectors(self, texts: list[str], lang: str) -> np.ndarray:
         """Vectors for cross-lingual matching in the space the bundle serves CL in."""
