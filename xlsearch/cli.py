@@ -21,26 +21,45 @@ def _benchmark(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.manifest)
     bundle = Bundle(args.bundle, intra_op_threads=args.threads)
     cache = Path(args.cache) if args.cache else Path(args.bundle) / ".cache"
-    ids, feats, _ = extract_features(manifest, bundle.folder / "image_encoder.onnx", bundle.preprocess_config, cache)
+    ids, feats, _ = extract_features(
+        manifest, bundle.folder / "image_encoder.onnx", bundle.preprocess_config, cache
+    )
     result = evaluate(bundle, manifest, dict(zip(ids, feats, strict=True)))
     result.update(variant=bundle.manifest.get("name", str(args.bundle)), seed=bundle.manifest.get("seed"))
-    print(f"{result['queries']} queries, {result['candidates']} candidates ({result['candidates_all']} all images)")
+    print(
+        f"{result['queries']} queries, {result['candidates']} candidates ({result['candidates_all']} all images)"
+    )
     print(detail_table([result]))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
     return 0
 
 
-def _dataset(argv: list[str]) -> int:
-    from xlsearch.datasets.cli import main as dataset_main
+def _forward(command: str, argv: list[str]) -> int:
+    """Sub-commands with parsers of their own (imported lazily so `xlsearch -h` stays fast)."""
+    if command == "dataset":
+        from xlsearch.datasets.cli import main
+    elif command == "index":
+        from xlsearch.indexer.cli import main
+    elif command == "serve":
+        from xlsearch.server.cli import main
+    else:
+        raise AssertionError(command)
+    return int(main(argv))
 
-    return dataset_main(argv)
+
+FORWARDED = {
+    "dataset": "build and inspect dataset manifests (xlsearch dataset -h)",
+    "index": "embed a manifest or an image folder into a FAISS index folder (xlsearch index -h)",
+    "serve": "run the gRPC search server (xlsearch serve -h)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="xlsearch", description="Cross-lingual image search")
     sub = ap.add_subparsers(dest="command", required=True)
-    sub.add_parser("dataset", help="build and inspect dataset manifests (xlsearch dataset -h)", add_help=False)
+    for name, text in FORWARDED.items():
+        sub.add_parser(name, help=text, add_help=False)
     b = sub.add_parser("benchmark", help="MRR / R@K of a bundle on a manifest's test split (CL, CM, CLM)")
     b.add_argument("--manifest", required=True)
     b.add_argument("--bundle", required=True)
@@ -53,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "dataset":
-        return _dataset(argv[1:])
+    if argv and argv[0] in FORWARDED:
+        return _forward(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
