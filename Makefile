@@ -3,6 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SEEDS ?= 0,1,2,3,4
 
+
 .PHONY: help setup proto demo serve test lint format
 
 help:  ## list the targets
@@ -14,8 +15,8 @@ setup:  ## install Debian packages and the virtual environment (idempotent)
 proto: setup  ## generate the gRPC/protobuf code (xlsearch/v1) from proto/
 	$(PY) proto/build.py
 
-demo: setup  ## end to end on Tux Paint: manifest, features, training, bundle, benchmark table
-	$(PY) -m xlsearch.training.pipeline --data data/tuxpaint --runs runs/demo --seeds $(SEEDS)
+demo: setup  ## end to end on Tux Paint: train + benchmark table, index, serve, example queries
+	SEEDS=$(SEEDS) VENV=$(VENV) bash scripts/demo.sh
 
 test: setup  ## the test suite (what CI runs)
 	$(PY) -m pytest -q --durations=10
