@@ -1,0 +1,250 @@
+"""`xlsearch-client` (also `xlsearch search|add|delete|stats|health`): the client on the command line.
+
+    xlsearch-client search "一只红色的袋鼠" --top-k 5 [--mode CL|CM|CLM] [--alpha A] [--tag T]... [--json]
+    xlsearch-client add PATH... [--caption TEXT | --captions FILE.csv] [--id ID]
+    xlsearch-client delete ID...
+    xlsearch-client stats
+    xlsearch-client health [--service NAME]      # exit 0 when SERVING, 1 otherwise
+
+`--target host:port` (default $XLSEARCH_TARGET or 127.0.0.1:50051) and `--timeout SECONDS` go before or after the
+command. A failed call prints one line, `<prog>: error: <STATUS_CODE>: <message>`, on stderr and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from xlsearch_client.client import DEFAULT_TARGET, Client
+from xlsearch_client.errors import XlsearchError
+from xlsearch_client.results import SearchResult
+from xlsearch_client.table import key_values, render
+from xlsearch_client.uploads import IMAGE_SUFFIXES, ImageItem, collect_images, read_captions
+
+DEFAULT_TIMEOUT = 10.0
+ADD_TIMEOUT = 300.0  # an AddImages call encodes every image before it answers
+CAPTION_COLUMNS = 48  # longer captions are cut in the table (never in --json)
+EXIT_ERROR = 2
+EXIT_NOT_SERVING = 1
+
+
+def _connection_args(parser: argparse.ArgumentParser, top_level: bool) -> None:
+    # On the sub-commands the defaults are SUPPRESS, so `--target` works before or after the command and a value
+    # given before it is not overwritten by the sub-parser's default.
+    suppress = argparse.SUPPRESS
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("XLSEARCH_TARGET") or DEFAULT_TARGET if top_level else suppress,
+        metavar="HOST:PORT",
+        help=f"server address (default: $XLSEARCH_TARGET or {DEFAULT_TARGET})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None if top_level else suppress,
+        metavar="SECONDS",
+        help=f"deadline of the call (default: {DEFAULT_TIMEOUT:g}; add: {ADD_TIMEOUT:g})",
+    )
+
+
+def build_parser(prog: str = "xlsearch-client") -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description="Client of an xlsearch server (gRPC).")
+    _connection_args(ap, top_level=True)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        _connection_args(p, top_level=False)
+        return p
+
+    s = command("search", "search the images with a Chinese query")
+    s.add_argument("query")
+    s.add_argument("--top-k", type=int, default=10, metavar="K", help="how many hits (default: 10)")
+    s.add_argument(
+        "--mode",
+        type=str.upper,
+        choices=("CL", "CM", "CLM"),
+        default="CLM",
+        help="CL: vs English captions, CM: vs pixels, CLM: both (default)",
+    )
+    s.add_argument("--alpha", type=float, help="CLM weight of CL in [0, 1] (default: the bundle's)")
+    s.add_argument("--tag", action="append", default=[], help="only images with this tag (repeatable)")
+    s.add_argument("--json", action="store_true", help="print the full result as JSON")
+    s.set_defaults(func=_search)
+
+    a = command("add", "add image files (or every image under folders) to the index")
+    a.add_argument("paths", nargs="+", metavar="PATH")
+    captions = a.add_mutually_exclusive_group()
+    captions.add_argument("--caption", metavar="TEXT", help="English caption for every image added")
+    captions.add_argument(
+        "--captions",
+        metavar="FILE",
+        help="CSV with an 'image,caption' header (or JSONL); image = path relative to its folder argument, "
+        "or the file path as given",
+    )
+    a.add_argument(
+        "--id",
+        help="id of the image (one image only); default: the path relative to its folder argument, or the "
+        "content hash (chosen by the server) for a file argument",
+    )
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=_add)
+
+    d = command("delete", "remove images from the index by id")
+    d.add_argument("ids", nargs="+", metavar="ID")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=_delete)
+
+    st = command("stats", "what the server serves (index size, bundle, cache)")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_stats)
+
+    h = command("health", "gRPC health check: exit 0 when SERVING, 1 otherwise")
+    h.add_argument("--service", default="", help='"" (default), xlsearch.v1.ImageSearch or xlsearch.cache')
+    h.set_defaults(func=_health)
+    return ap
+
+
+# -- commands -------------------------------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace, default_timeout: float = DEFAULT_TIMEOUT) -> Client:
+    return Client(args.target, timeout=default_timeout if args.timeout is None else args.timeout)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+def search_table(result: SearchResult) -> str:
+    rows = [
+        (
+            rank,
+            f"{h.score:.4f}",
+            f"{h.cl_score:.4f}",
+            f"{h.cm_score:.4f}",
+            h.caption or "-",
+            h.path or h.uri or h.id,
+        )
+        for rank, h in enumerate(result.hits, start=1)
+    ]
+    return render(
+        ("rank", "score", "CL", "CM", "caption", "path"),
+        rows,
+        align=">>>><<",
+        max_widths=(None, None, None, None, CAPTION_COLUMNS, None),
+    )
+
+
+def _search(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.search(args.query, args.top_k, args.mode, args.alpha, args.tag)
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    how = f"{args.mode}, alpha {result.alpha:g}" if args.mode == "CLM" else args.mode
+    notes = [how, f"{result.total_seconds * 1000:.1f} ms", f"index v{result.index_version}"]
+    if result.cached:
+        notes.append("cached")
+    print(f"{len(result.hits)} hits for {args.query!r} ({', '.join(notes)})")
+    if result.hits:
+        print(search_table(result))
+    return 0
+
+
+def _add(args: argparse.Namespace) -> int:
+    found = collect_images(args.paths)
+    if not found:
+        raise ValueError(f"no image files ({' '.join(IMAGE_SUFFIXES)}) in {' '.join(args.paths)}")
+    if args.id and len(found) != 1:
+        raise ValueError(f"--id names one image, but {len(found)} were given")
+    captions = read_captions(args.captions) if args.captions else {}
+    items = []
+    for image in found:
+        image_id = args.id or (image.key if image.in_folder else "")
+        caption = args.caption if args.caption is not None else captions.pop(image.key, "")
+        items.append(ImageItem(image.path, image_id, caption))
+    for key in sorted(captions):
+        print(f"warning: {args.captions} names an image that is not being added: {key}", file=sys.stderr)
+    with _client(args, ADD_TIMEOUT) as client:
+        result = client.add_images(items)
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    rows = [(image_id, str(item.path)) for image_id, item in zip(result.ids, items, strict=False)]
+    print(render(("id", "path"), rows))
+    print(f"added {result.added} image(s); index version {result.index_version}")
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.delete(args.ids)
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    line = f"deleted {result.deleted} image(s); index version {result.index_version}"
+    if result.not_found:
+        line += f"; not found: {', '.join(result.not_found)}"
+    print(line)
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        stats = client.stats()
+    if args.json:
+        _print_json(stats.to_dict())
+        return 0
+    pairs = list(stats.to_dict().items())
+    print(key_values([(k, _yes_no(v)) for k, v in pairs]))
+    return 0
+
+
+def _yes_no(value: Any) -> Any:
+    return ("yes" if value else "no") if isinstance(value, bool) else value
+
+
+def _health(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        status = client.health(args.service)
+    print(status)
+    return 0 if status == "SERVING" else EXIT_NOT_SERVING
+
+
+# -- entry point ----------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "xlsearch-client") -> int:
+    args = build_parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")  # never die on a terminal that cannot show Chinese
+    try:
+        return int(args.func(args))
+    except XlsearchError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+    except BrokenPipeError:  # `xlsearch-client search ... | head`
+        _silence_stdout()
+        return EXIT_ERROR
+    except (OSError, ValueError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    return EXIT_ERROR
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
