@@ -25,7 +25,7 @@ server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
 target="127.0.0.1:$PORT"
 for _ in $(seq 1 120); do
-  "$X" stats --target "$target" >/dev/null 2>&1 && break
+  "$X" health --target "$target" >/dev/null 2>&1 && break
   kill -0 $server 2>/dev/null || { cat "$RUNS/server.log"; exit 1; }
   sleep 0.5
 done

@@ -25,9 +25,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/pip" install -q --upgrade pip wheel
 fi
 stamp="$VENV/.xlsearch-installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ clients/pyproject.toml -nt "$stamp" ]; then
   echo "[setup] pip install -e .[train,dev] (torch comes from the local wheel cache when present)"
   "$VENV/bin/pip" install -q -e ".[train,dev]"
+  # The light client generates its protobuf code at build time (grpcio-tools comes with the dev extra).
+  "$VENV/bin/pip" install -q --no-build-isolation -e ./clients
   touch "$stamp"
 fi
 echo "[setup] ready: $VENV"

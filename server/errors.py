@@ -48,6 +48,10 @@ class Unimplemented(ServingError):
     code = grpc.StatusCode.UNIMPLEMENTED
 
 
+class Cancelled(ServingError):
+    code = grpc.StatusCode.CANCELLED
+
+
 # Exceptions raised below the service layer, by class name (first match along the MRO wins).
 CODE_BY_ERROR_NAME: dict[str, grpc.StatusCode] = {
     # xlsearch.search domain errors

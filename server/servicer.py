@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from xlsearch.server import converters
-from xlsearch.server.errors import Unimplemented, map_errors
+from xlsearch.server.errors import Cancelled, Unimplemented, map_errors
 from xlsearch.server.execution import Deadline
 from xlsearch.server.metrics import ServerMetrics
 from xlsearch.server.service import SearchService
@@ -47,6 +47,9 @@ class ImageSearchServicer(pb_grpc.ImageSearchServicer):
         async def uploads() -> AsyncIterator[ImageUpload]:
             async for request in request_iterator:
                 yield converters.image_upload(request)
+            # grpc.aio ends the request loop normally when the client cancels mid-stream: never add a partial batch.
+            if context.cancelled():
+                raise Cancelled("the client cancelled the upload; nothing was added")
 
         outcome = await self._service.add_images(uploads(), Deadline.of(context))
         return converters.add_images_response(outcome)

@@ -23,14 +23,13 @@ CLIENTS = REPO / "clients"
 if importlib.util.find_spec("xlsearch_client") is None:  # not pip-installed: use the source checkout
     sys.path.insert(0, str(CLIENTS))
 
+from xlsearch.v1 import search_pb2 as pb  # noqa: E402
+from xlsearch.v1 import search_pb2_grpc as pb_grpc  # noqa: E402
 from xlsearch_client import AsyncClient, Client, Hit, ImageItem, SearchResult, XlsearchError  # noqa: E402
 from xlsearch_client.cli import main as cli_main  # noqa: E402
 from xlsearch_client.cli import search_table  # noqa: E402
 from xlsearch_client.results import float32  # noqa: E402
 from xlsearch_client.table import render, text_width, truncate  # noqa: E402
-
-from xlsearch.v1 import search_pb2 as pb  # noqa: E402
-from xlsearch.v1 import search_pb2_grpc as pb_grpc  # noqa: E402
 
 QUERY = "一只红色的袋鼠"
 

@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
 import torch.nn.functional as F  # noqa: E402
+
 from xlsearch.training.export_text import export_text_encoder  # noqa: E402
 from xlsearch.training.losses import (  # noqa: E402
     contrastive_loss,

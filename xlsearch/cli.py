@@ -43,6 +43,13 @@ def _forward(command: str, argv: list[str]) -> int:
         from xlsearch.indexer.cli import main
     elif command == "serve":
         from xlsearch.server.cli import main
+    elif command in CLIENT_COMMANDS:
+        try:
+            from xlsearch_client.cli import main as client_main
+        except ImportError:
+            print("xlsearch: error: the client is not installed: pip install -e ./clients", file=sys.stderr)
+            return 2
+        return int(client_main([command, *argv], prog="xlsearch"))
     else:
         raise AssertionError(command)
     return int(main(argv))
@@ -52,7 +59,13 @@ FORWARDED = {
     "dataset": "build and inspect dataset manifests (xlsearch dataset -h)",
     "index": "embed a manifest or an image folder into a FAISS index folder (xlsearch index -h)",
     "serve": "run the gRPC search server (xlsearch serve -h)",
+    "search": "search a running server with a Chinese query (xlsearch search -h)",
+    "add": "add image files or folders to a running server's index",
+    "delete": "remove images from a running server's index by id",
+    "stats": "what a running server serves",
+    "health": "gRPC health of a running server (exit 0 when SERVING)",
 }
+CLIENT_COMMANDS = ("search", "add", "delete", "stats", "health")
 
 
 def build_parser() -> argparse.ArgumentParser:
