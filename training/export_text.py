@@ -9,6 +9,7 @@ from pathlib import Path
 import onnx
 import torch
 from torch import Tensor, nn
+
 from xlsearch.training.w2vv import TextEncoderConfig, W2VVTextEncoder
 
 INPUT_NAMES = ("token_ids", "lengths", "sentence_embedding")
