@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from server_support import ScriptedEngine, ServerThread, session_pair, test_settings
+from server_support import ScriptedEngine, ServerThread, demo_bundle, test_settings
 
 from xlsearch import loadbench as lb
 
@@ -41,7 +44,6 @@ def test_helpers() -> None:
     # cumulative buckets {le: count}: 10 observations in (0, 1], 10 in (1, 2]
     assert lb.histogram_quantile({1.0: 10, 2.0: 20, float("inf"): 20}, 0.5) == pytest.approx(1.0)
     assert lb.histogram_quantile({1.0: 10, 2.0: 20, float("inf"): 20}, 0.75) == pytest.approx(1.5)
-    assert lb.load_queries(queries_file=None, manifest=None) if False else True
     with pytest.raises(ValueError):
         lb.load_queries()
 
@@ -114,18 +116,41 @@ def test_grpc_against_a_running_server(tmp_path: Path, queries_file: Path) -> No
         assert s["prometheus_mean_ms"]["rpc"] > 0
 
 
-def test_grpc_starts_a_real_server(
-    request: pytest.FixtureRequest, tmp_path_factory, tmp_path, queries_file
-) -> None:
-    pair = session_pair(request, tmp_path_factory)
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(bundle, index folder): the demo bundle and an index of 40 random unit vectors made for it, so neither this
+    process nor the fixture runs an encoder (the commands under test run them in their own processes)."""
+    from xlsearch.index import BundleKey, ImageIndex, ImageMeta
+
+    bundle = demo_bundle()
+    if bundle is None:
+        pytest.skip("no bundle: runs/demo/bundle is missing (run `make demo`)")
+    m = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    cl_space = m.get("fusion", {}).get("cl_space", "visual")
+    cl_dim = int(m["dim"]) if cl_space == "visual" else int(m.get("sentence_encoder", {}).get("dim", 384))
+    index = ImageIndex.create(BundleKey(m["content_hash"], int(m["dim"]), cl_space, cl_dim))
+    rng = np.random.default_rng(0)
+
+    def unit(n: int, d: int) -> np.ndarray:
+        x = rng.standard_normal((n, d)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    metas = [ImageMeta(f"img{i:02d}", captions=(f"caption {i}",)) for i in range(40)]
+    index.add(metas, unit(40, int(m["dim"])), unit(40, cl_dim))
+    folder = index.save(tmp_path_factory.mktemp("loadbench") / "index")
+    return bundle, folder
+
+
+def test_grpc_starts_a_real_server(tiny_pair: tuple[Path, Path], tmp_path: Path, queries_file: Path) -> None:
+    bundle, index = tiny_pair
     out = tmp_path / "grpc.json"
     rc = lb.main(
         [
             "grpc",
             "--bundle",
-            str(pair.bundle),
+            str(bundle),
             "--index",
-            str(pair.index),
+            str(index),
             "--queries-file",
             str(queries_file),
             "--concurrency",
@@ -149,50 +174,68 @@ def test_grpc_starts_a_real_server(
     assert s["prometheus_mean_ms"]["encode"] > 0
 
 
-def test_scale_tiny(request: pytest.FixtureRequest, tmp_path_factory, tmp_path, queries_file) -> None:
-    pair = session_pair(request, tmp_path_factory)
+def test_scale_tiny(tiny_pair: tuple[Path, Path], tmp_path: Path, queries_file: Path) -> None:
+    """`python -m xlsearch.loadbench scale` in its own process (one thread per library, as recommended)."""
+    bundle, index = tiny_pair
     out = tmp_path / "scale.json"
-    rc = lb.main(
-        [
-            "scale",
-            "--bundle",
-            str(pair.bundle),
-            "--index",
-            str(pair.index),
-            "--queries-file",
-            str(queries_file),
-            "--sizes",
-            "real",
-            "1500",
-            "--factories",
-            "IDMap,Flat",
-            "HNSW8",
-            "IVF{nlist},Flat",
-            "--nlist-max",
-            "8",
-            "--ef-search",
-            "16,64",
-            "--nprobe",
-            "8",
-            "--chunk",
-            "500",
-            "--train-rows",
-            "500",
-            "--out",
-            str(out),
-        ]
+    argv = [
+        "scale",
+        "--bundle",
+        str(bundle),
+        "--index",
+        str(index),
+        "--queries-file",
+        str(queries_file),
+        "--sizes",
+        "real",
+        "1500",
+        "--factories",
+        "IDMap,Flat",
+        "HNSW8",
+        "IVF{nlist},Flat",
+        "--nlist-max",
+        "8",
+        "--ef-search",
+        "16,64",
+        "--nprobe",
+        "8",
+        "--chunk",
+        "500",
+        "--train-rows",
+        "500",
+        "--onnx-threads",
+        "1",
+        "--e5-threads",
+        "1",
+        "--search-threads",
+        "1",
+        "--build-threads",
+        "1",
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "xlsearch.loadbench", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    assert rc == 0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "CLM R@10" in proc.stdout
     result = json.loads(out.read_text(encoding="utf-8"))
     runs = {(r["size"], r["factory"]): r for r in result["runs"]}
-    n_real = result["real"]["images"]
-    assert set(runs) == {
-        (size, f) for size in (f"real-{n_real}", "1500") for f in ("IDMap,Flat", "HNSW8", "IVF8,Flat")
-    }
+    assert [(size, f.split(",")[0][:3]) for size, f in runs] == [
+        (size, f) for size in ("real-40", "1500") for f in ("IDM", "HNS", "IVF")
+    ]
     for (size, factory), run in runs.items():
         assert "skipped" not in run, run
         for m in run["settings"]:
-            assert m["queries"] == 5 and m["latency_ms"]["p50"] > 0
-            if factory == "IDMap,Flat" or factory == "IVF8,Flat":  # exact, or IVF with every list probed
+            assert m["queries"] == 5 and m["latency_ms"]["p50"] > 0 and m["index_ms"]["p50"] > 0
+            nlist = (run["ivf_nlist"] or {}).get("images", 0)
+            if factory == "IDMap,Flat" or (
+                factory.startswith("IVF") and nlist <= 8
+            ):  # exact / every list probed
                 assert m["recall@10"] == pytest.approx(1.0), (size, factory)
     assert [m["param"] for m in runs[("1500", "HNSW8")]["settings"]] == [{"ef_search": 16}, {"ef_search": 64}]
