@@ -316,7 +316,8 @@ def session_pair(request: Any, tmp_path_factory: Any) -> ServedPair:
     try:
         bundle = Path(request.getfixturevalue("tiny_bundle"))
         index = Path(request.getfixturevalue("tiny_index"))
-        spare = [png for png, _ in stamp_pngs()[-8:]]
+        # stamps outside the tiny manifest (the last ones by path), small enough for the test server's image limit
+        spare = [png for png, _ in stamp_pngs()[::-1] if png.stat().st_size < 128 * 1024][:8]
     except pytest.FixtureLookupError:
         found = demo_bundle()
         if found is None:
