@@ -214,17 +214,8 @@ def test_scale_tiny(tiny_pair: tuple[Path, Path], tmp_path: Path, queries_file: 
         "--out",
         str(out),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "xlsearch.loadbench", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "CLM R@10" in proc.stdout
-    result = json.loads(out.read_text(encoding="utf-8"))
+    saved = tmp_path / "indexes"
+    result = _scale(argv + ["--save", str(saved)], out)
     runs = {(r["size"], r["factory"]): r for r in result["runs"]}
     assert [(size, f.split(",")[0][:3]) for size, f in runs] == [
         (size, f) for size in ("real-40", "1500") for f in ("IDM", "HNS", "IVF")
@@ -238,4 +229,35 @@ def test_scale_tiny(tiny_pair: tuple[Path, Path], tmp_path: Path, queries_file: 
                 factory.startswith("IVF") and nlist <= 8
             ):  # exact / every list probed
                 assert m["recall@10"] == pytest.approx(1.0), (size, factory)
-    assert [m["param"] for m in runs[("1500", "HNSW8")]["settings"]] == [{"ef_search": 16}, {"ef_search": 64}]
+    hnsw = runs[("1500", "HNSW8")]["settings"]
+    assert [m["param"] for m in hnsw] == [{"ef_search": 16}, {"ef_search": 64}]
+
+    # --reuse serves the saved index again; --hnsw-store shared (no second vector copy) gives the same answers
+    one = (
+        argv[: argv.index("--sizes")]
+        + ["--sizes", "1500", "--factories", "HNSW8"]
+        + argv[argv.index("--nlist-max") :]
+    )
+    reused = _scale(one + ["--save", str(saved), "--reuse"], tmp_path / "reused.json")["runs"][0]
+    assert reused["build_seconds"] is None and "loaded from" in reused["note"]
+    shared = _scale(one + ["--hnsw-store", "shared"], tmp_path / "shared.json")["runs"][0]
+    assert shared["vectors_mb"] == pytest.approx(runs[("1500", "HNSW8")]["vectors_mb"] / 2)
+    for other in (reused, shared):
+        assert [m["recall@10"] for m in other["settings"]] == [m["recall@10"] for m in hnsw]
+
+
+def _scale(argv: list[str], out: Path) -> dict:
+    """Run `python -m xlsearch.loadbench scale` in its own process; returns the JSON it wrote."""
+    argv = list(argv)
+    argv[argv.index("--out") + 1] = str(out)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "xlsearch.loadbench", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "CLM R@10" in proc.stdout
+    return json.loads(out.read_text(encoding="utf-8"))

@@ -1078,13 +1078,17 @@ def _disable_polysemous_training() -> None:
     def index_factory(*args: Any, **kwargs: Any) -> Any:
         index = original(*args, **kwargs)
         with contextlib.suppress(RuntimeError):
-            ivf = faiss.extract_index_ivf(index)
+            ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
             if hasattr(ivf, "do_polysemous_training"):
                 ivf.do_polysemous_training = False
         return index
 
     index_factory._loadbench = True  # type: ignore[attr-defined]
     faiss.index_factory = index_factory
+
+
+def _saved_folder(save: str | None, label: str, factory: str) -> Path | None:
+    return Path(save) / f"{label}-{re.sub(r'[^A-Za-z0-9]+', '_', factory)}" if save else None
 
 
 def run_scale(args: argparse.Namespace) -> dict[str, Any]:
@@ -1186,10 +1190,18 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
             rss0 = rss_bytes()
             coll.gen_seconds = 0.0
             try:
+                saved = _saved_folder(args.save, label, factory)
                 if size == "real" and spec.exact:
                     # the real index folder as built by `xlsearch index`
                     index, build_seconds = real_index, 0.0
                     run["note"] = "the index folder itself (loaded, not rebuilt)"
+                elif args.reuse and saved is not None and (saved / "manifest.json").is_file():
+                    t0 = time.perf_counter()
+                    index, build_seconds = ImageIndex.load(saved, bundle), None
+                    run.update(
+                        note=f"loaded from {saved} (--reuse), not built",
+                        load_seconds=time.perf_counter() - t0,
+                    )
                 else:
                     index, build_seconds = build_index(
                         bundle,
@@ -1214,7 +1226,8 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
                 build_seconds=build_seconds,
                 generate_seconds=coll.gen_seconds,
                 rss_delta_mb=(rss_bytes() - rss0) / (1 << 20),
-                vectors_mb=(1 if spec.exact or shared else 2)
+                # float32 vector copies: the exact store, plus the ANN's own copy for HNSW / IVF-Flat
+                vectors_mb=(1 if spec.exact or shared or spec.codec != "Flat" else 2)
                 * n
                 * (real.img.shape[1] + real.cap.shape[1])
                 * 4
@@ -1223,9 +1236,15 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
                 ivf_nlist=index.manifest().get("ivf_nlist"),
             )
             _log(
-                f"{label} {factory}: built in {build_seconds:.1f}s (+{coll.gen_seconds:.1f}s generating), "
+                f"{label} {factory}: built in {fmt(build_seconds, 1)}s (+{coll.gen_seconds:.1f}s generating), "
                 f"RSS +{run['rss_delta_mb']:.0f} MiB"
             )
+            if saved is not None and index is not real_index and build_seconds is not None:
+                folder = saved
+                t0 = time.perf_counter()
+                index.save(folder)
+                run.update(saved=str(folder), save_seconds=time.perf_counter() - t0)
+                _log(f"{label} {factory}: saved to {folder} in {run['save_seconds']:.1f}s")
             engine = SearchEngine(bundle, index, persist=False)
             params: list[tuple[str, int | None]] = [("-", None)]
             if spec.kind == "hnsw":
@@ -1400,6 +1419,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--train-rows", type=int, default=100_000, help="rows in the first add (IVF training set)")
     s.add_argument("--max-seconds", type=float, default=60.0, help="latency budget per factory setting")
     s.add_argument("--warmup", type=int, default=3)
+    s.add_argument("--save", help="save every built index under this folder (to serve it: grpc --index ...)")
+    s.add_argument(
+        "--reuse", action="store_true", help="load an index already saved under --save instead of building it"
+    )
     s.add_argument(
         "--onnx-threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all)"
     )
