@@ -1126,6 +1126,10 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
     q_cl = np.stack([e[1] for e in encoded]).astype(np.float32)
     encode_seconds = time.perf_counter() - t0
     del probe
+    if int(real.has_cap.sum()) < 2 and any(size != "real" for size in args.sizes):
+        raise ValueError(
+            f"{args.index}: synthetic rows are seeded by captioned images; the index has too few"
+        )
     synthetic = Synthetic(real.img[real.has_cap], real.cap[real.has_cap], args.seed, args.spread, args.rank)
     result: dict[str, Any] = {
         "mode": "scale",
