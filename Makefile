@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 SEEDS ?= 0,1,2,3,4
 
 
-.PHONY: help setup proto demo serve test lint format
+.PHONY: help setup proto demo loadbench test lint format
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -17,6 +17,10 @@ proto: setup  ## generate the gRPC/protobuf code (xlsearch/v1) from proto/
 
 demo: setup  ## end to end on Tux Paint: train + benchmark table, index, serve, example queries
 	SEEDS=$(SEEDS) VENV=$(VENV) bash scripts/demo.sh
+
+loadbench: setup  ## serving benchmarks: gRPC load + index scale-up (JSON in runs/loadbench/)
+	$(PY) -m xlsearch.loadbench grpc --bundle runs/demo/bundle --index runs/demo/index --manifest data/tuxpaint --concurrency 1,8 --repeat 3 --out runs/loadbench/grpc.json
+	$(PY) -m xlsearch.loadbench scale --bundle runs/demo/bundle --index runs/demo/index --manifest data/tuxpaint --queries 200 --onnx-threads 1 --e5-threads 1 --search-threads 1 --build-threads 1 --pq-polysemous off --out runs/loadbench/scale.json
 
 test: setup  ## the test suite (what CI runs)
 	$(PY) -m pytest -q --durations=10

@@ -60,11 +60,15 @@ def check_pair(bundle: Path | None, index: Path | None) -> None:
 
 def load_engine(settings: ServerSettings) -> Any:
     """Bundle + ImageIndex -> SearchEngine (blocking; seconds). Raises on a mismatched or broken pair."""
+    import faiss
+
     from xlsearch.bundle import Bundle
     from xlsearch.index import ImageIndex
     from xlsearch.search import Limits, SearchEngine
 
     check_pair(settings.bundle, settings.index)
+    # A single-query search gains nothing from OpenMP; its spinning threads only slow the encoders down.
+    faiss.omp_set_num_threads(1)
     bundle = Bundle(settings.bundle, intra_op_threads=settings.onnx_threads)
     index = ImageIndex.load(settings.index, bundle)
     limits = Limits(

@@ -69,8 +69,10 @@ class ServerSettings(BaseSettings):
     )
 
     # Work.
+    # One thread per query: ONNX Runtime, e5 and faiss each default to every core and then fight each other
+    # (measured: p50 13 ms with 1 thread vs 22-28 ms with the defaults; docs/benchmarks.md).
     onnx_threads: int | None = Field(
-        None, gt=0, description="ONNX Runtime intra-op threads (default: all CPUs)"
+        1, gt=0, description="ONNX Runtime / e5 intra-op threads per query (None: all CPUs)"
     )
     worker_threads: int = Field(
         2, gt=0, description="threads running searches and indexing next to the event loop"

@@ -112,7 +112,9 @@ class Bundle:
         self.preprocess_config = PreprocessConfig.from_dict(img["preprocess"])
         self._image = make_session(self.folder / img["file"], intra_op_threads)
         self._sentence: SentenceEncoder | None = (
-            build_sentence_encoder(m["sentence_encoder"]) if m.get("sentence_encoder") else None
+            build_sentence_encoder({**m["sentence_encoder"], "num_threads": intra_op_threads})
+            if m.get("sentence_encoder")
+            else None
         )
         self._text: dict[str, _TextTower] = {}
         for lang, spec in m["text_encoders"].items():

@@ -43,6 +43,8 @@ def _forward(command: str, argv: list[str]) -> int:
         from xlsearch.indexer.cli import main
     elif command == "serve":
         from xlsearch.server.cli import main
+    elif command == "loadbench":
+        from xlsearch.loadbench import main
     elif command in CLIENT_COMMANDS:
         try:
             from xlsearch_client.cli import main as client_main
@@ -64,6 +66,7 @@ FORWARDED = {
     "delete": "remove images from a running server's index by id",
     "stats": "what a running server serves",
     "health": "gRPC health of a running server (exit 0 when SERVING)",
+    "loadbench": "gRPC load and index scale benchmarks (xlsearch loadbench -h)",
 }
 CLIENT_COMMANDS = ("search", "add", "delete", "stats", "health")
 
