@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from server_support import ScriptedEngine, ServerThread, demo_bundle, test_settings
+from server_support import ScriptedEngine, ServerThread, test_settings
 
 from xlsearch import loadbench as lb
 
@@ -117,14 +117,13 @@ def test_grpc_against_a_running_server(tmp_path: Path, queries_file: Path) -> No
 
 
 @pytest.fixture(scope="module")
-def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(bundle, index folder): the demo bundle and an index of 40 random unit vectors made for it, so neither this
-    process nor the fixture runs an encoder (the commands under test run them in their own processes)."""
+def tiny_pair(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> tuple[Path, Path]:
+    """(bundle, index folder): the session's tiny bundle and an index of 40 random unit vectors made for it, so
+    neither this process nor the fixture runs an encoder (the commands under test run them in their own
+    processes)."""
     from xlsearch.index import BundleKey, ImageIndex, ImageMeta
 
-    bundle = demo_bundle()
-    if bundle is None:
-        pytest.skip("no bundle: runs/demo/bundle is missing (run `make demo`)")
+    bundle = Path(tiny_bundle)
     m = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
     cl_space = m.get("fusion", {}).get("cl_space", "visual")
     cl_dim = int(m["dim"]) if cl_space == "visual" else int(m.get("sentence_encoder", {}).get("dim", 384))
