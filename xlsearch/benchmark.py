@@ -78,8 +78,9 @@ def evaluate(
 ) -> dict:
     """Rows of metrics for one (manifest, bundle): CL in each space, CM, CLM per CL space, and CLM against all
     images as candidates. Alpha comes from the validation split."""
-    val = score(bundle, build_query_set(manifest.split("val")), image_vectors)
-    val_rel = build_query_set(manifest.split("val")).relevant
+    val_qs = build_query_set(manifest.split("val"))
+    val = score(bundle, val_qs, image_vectors)
+    val_rel = val_qs.relevant
     test_qs = build_query_set(manifest.split("test"))
     test = score(bundle, test_qs, image_vectors)
     all_qs = build_query_set(manifest.split("test"), list(manifest.records))
