@@ -21,39 +21,17 @@ from xlsearch.manifest import Manifest, read_manifest
 from xlsearch.preprocess import load_image
 
 REPO = Path(__file__).resolve().parents[1]
-FALLBACK_BUNDLES = (REPO / "runs/demo/bundle", REPO / "runs/demo/seed0/w2vv/bundle")
-FALLBACK_MANIFEST = REPO / "data/tuxpaint"
 N = 8
 
 
-def _load_bundle(request: pytest.FixtureRequest) -> Bundle:
-    try:
-        b = request.getfixturevalue("tiny_bundle")
-    except pytest.FixtureLookupError:
-        b = next((p for p in FALLBACK_BUNDLES if (p / "manifest.json").is_file()), None)
-        if b is None:
-            pytest.skip("no tiny_bundle fixture and no demo bundle under runs/demo")
-    return b if isinstance(b, Bundle) else Bundle(b)
-
-
-def _load_manifest(request: pytest.FixtureRequest) -> Manifest:
-    try:
-        m = request.getfixturevalue("tiny_manifest")
-    except pytest.FixtureLookupError:
-        if not (FALLBACK_MANIFEST / "manifest.jsonl").is_file():
-            pytest.skip("no tiny_manifest fixture and no data/tuxpaint manifest")
-        m = FALLBACK_MANIFEST
-    return m if isinstance(m, Manifest) else read_manifest(m)
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle: Path) -> Bundle:
+    return Bundle(tiny_bundle)
 
 
 @pytest.fixture(scope="module")
-def bundle(request: pytest.FixtureRequest) -> Bundle:
-    return _load_bundle(request)
-
-
-@pytest.fixture(scope="module")
-def manifest(request: pytest.FixtureRequest) -> Manifest:
-    return _load_manifest(request)
+def manifest(tiny_manifest: Path) -> Manifest:
+    return read_manifest(tiny_manifest)
 
 
 @pytest.fixture

@@ -28,31 +28,8 @@ from xlsearch.search import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-FALLBACK_BUNDLES = (REPO / "runs/demo/bundle", REPO / "runs/demo/seed0/w2vv/bundle")
-FALLBACK_MANIFEST = REPO / "data/tuxpaint"
 MAX_IMAGES = 150  # the test split + some others: enough to make depth matter, small enough to stay fast
 K = 10
-
-
-# -- fixtures (shared with test_indexer.py by copy: fixtures cannot be imported between test modules) ------------
-def _load_bundle(request: pytest.FixtureRequest) -> Bundle:
-    try:
-        b = request.getfixturevalue("tiny_bundle")
-    except pytest.FixtureLookupError:
-        b = next((p for p in FALLBACK_BUNDLES if (p / "manifest.json").is_file()), None)
-        if b is None:
-            pytest.skip("no tiny_bundle fixture and no demo bundle under runs/demo")
-    return b if isinstance(b, Bundle) else Bundle(b)
-
-
-def _load_manifest(request: pytest.FixtureRequest) -> Manifest:
-    try:
-        m = request.getfixturevalue("tiny_manifest")
-    except pytest.FixtureLookupError:
-        if not (FALLBACK_MANIFEST / "manifest.jsonl").is_file():
-            pytest.skip("no tiny_manifest fixture and no data/tuxpaint manifest")
-        m = FALLBACK_MANIFEST
-    return m if isinstance(m, Manifest) else read_manifest(m)
 
 
 @dataclass
@@ -76,8 +53,8 @@ def tags_of(i: int, rec: Record) -> tuple[str, ...]:
 
 
 @pytest.fixture(scope="module")
-def coll(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Collection:
-    bundle, manifest = _load_bundle(request), _load_manifest(request)
+def coll(tiny_bundle: Path, tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Collection:
+    bundle, manifest = Bundle(tiny_bundle), read_manifest(tiny_manifest)
     test = [r for r in manifest.split("test") if r.zh]
     rest = [r for r in manifest.records if r.split != "test"]
     records = (test + rest)[: max(MAX_IMAGES, len(test))]
