@@ -20,7 +20,6 @@ from xlsearch.indexer.sources import Source, SourceItem, folder_source, manifest
 from xlsearch.manifest import Manifest, read_manifest
 from xlsearch.preprocess import load_image
 
-REPO = Path(__file__).resolve().parents[1]
 N = 8
 
 

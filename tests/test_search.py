@@ -27,7 +27,6 @@ from xlsearch.search import (
     SearchResult,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 MAX_IMAGES = 150  # the test split + some others: enough to make depth matter, small enough to stay fast
 K = 10
 
