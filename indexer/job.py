@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import threading
 import time
 from collections import deque
@@ -30,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
+from xlsearch.atomic import save_npz_atomic
 from xlsearch.index import BundleKey, ImageIndex, ImageMeta
 from xlsearch.indexer.sources import Source, SourceItem
 from xlsearch.preprocess import DEFAULT_MAX_PIXELS, ImageError, PreprocessConfig, load_image, preprocess
@@ -192,24 +192,15 @@ class Checkpoint:
         has_cap = np.array([c is not None for c in chunk.captions], dtype=bool)
         blank = np.zeros(self.cl_dim, np.float32)
         captions = np.stack([blank if c is None else c for c in chunk.captions] or [blank])[: len(has_cap)]
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".chunk.", suffix=".npz.tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(
-                    fh,
-                    ids=np.array(chunk.ids, dtype=str),
-                    fingerprints=np.array(chunk.fingerprints, dtype=str),
-                    images=images.astype(np.float32),
-                    captions=captions.astype(np.float32),
-                    has_caption=has_cap,
-                    skipped=np.array(json.dumps(chunk.skipped, ensure_ascii=False)),
-                )
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.folder / f"chunk_{n:06d}.npz")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_npz_atomic(
+            self.folder / f"chunk_{n:06d}.npz",
+            ids=np.array(chunk.ids, dtype=str),
+            fingerprints=np.array(chunk.fingerprints, dtype=str),
+            images=images.astype(np.float32),
+            captions=captions.astype(np.float32),
+            has_caption=has_cap,
+            skipped=np.array(json.dumps(chunk.skipped, ensure_ascii=False)),
+        )
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
+from xlsearch.atomic import save_npz_atomic
 from xlsearch.manifest import Manifest, read_manifest
 from xlsearch.onnx_runtime import make_session
 from xlsearch.preprocess import ImageError, PreprocessConfig, load_image, preprocess
@@ -246,19 +246,12 @@ def _load_chunk(path: Path, span: Sequence[tuple[str, str, Path]]) -> _Chunk | N
 
 
 def _save_chunk(path: Path, chunk: _Chunk) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".chunk.", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(
-                fh,
-                ids=np.array(chunk.ids, dtype=str),
-                features=chunk.features,
-                skipped=np.array(json.dumps(chunk.skipped)),
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_npz_atomic(
+        path,
+        ids=np.array(chunk.ids, dtype=str),
+        features=chunk.features,
+        skipped=np.array(json.dumps(chunk.skipped)),
+    )
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -1,0 +1,24 @@
+"""Atomic file writes for resumable jobs: a crash leaves either the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def save_npz_atomic(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
+    """`np.savez(path, **arrays)` through a temporary file in the same folder, fsynced, then renamed into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
