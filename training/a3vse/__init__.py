@@ -1,0 +1,1 @@
+"""a3vse models (training side, PyTorch)."""

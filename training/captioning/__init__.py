@@ -1,0 +1,1 @@
+"""captioning models (training side, PyTorch)."""

@@ -1,0 +1,1 @@
+"""tagging models (training side, PyTorch)."""
