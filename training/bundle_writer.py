@@ -14,7 +14,7 @@ import torch
 
 import xlsearch
 from xlsearch.bundle import write_bundle_manifest
-from xlsearch.training.export_image import export_image_encoder
+from xlsearch.training.export_image import FEATURE_NAME, OUTPUT_NAME, export_image_encoder
 from xlsearch.training.export_text import export_text_encoder
 from xlsearch.training.train_w2vv import TrainConfig, TrainedEncoder
 
@@ -29,14 +29,17 @@ def write_w2vv_bundle(
     fusion: dict[str, Any],
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`image_encoder` maps pixels to index vectors (backbone + head); `image_spec` holds its dim, preprocessing
-    and backbone description."""
+    """`image_encoder` maps pixels to (index vector, backbone feature) (see image_head.ImageEncoder); `image_spec`
+    holds its dim, preprocessing and backbone description."""
     folder = Path(folder)
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     export_image_encoder(
-        image_encoder.eval(), folder / "image_encoder.onnx", image_spec["preprocess"]["image_size"]
+        image_encoder.eval(),
+        folder / "image_encoder.onnx",
+        image_spec["preprocess"]["image_size"],
+        output_names=(OUTPUT_NAME, FEATURE_NAME),
     )
     text_specs = {}
     for lang, enc in encoders.items():
@@ -62,7 +65,9 @@ def write_w2vv_bundle(
         "image_encoder": {
             "file": "image_encoder.onnx",
             "inputs": ["pixels"],
-            "output": "embedding",
+            "output": OUTPUT_NAME,
+            "feature_output": FEATURE_NAME,
+            "feature_dim": int(image_encoder.head.in_dim),
             "normalized": True,
             **image_spec,
         },

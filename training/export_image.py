@@ -1,9 +1,13 @@
-"""ONNX export of image encoders: `pixels` float32 [B,3,S,S] -> `embedding` float32 [B,D], dynamic batch."""
+"""ONNX export of image encoders: `pixels` float32 [B,3,S,S] -> `embedding` float32 [B,D], dynamic batch.
+
+A bundle's image encoder has a second output, `feature` (the L2-normalised pooled backbone vector), which the
+tagger and captioner components read; modules returning a tuple are exported with one name per output."""
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +16,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xlsearch.onnx_runtime import make_session, run
+from xlsearch.onnx_runtime import make_session
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "ImageEncoderHead", "compare_with_onnx", "export_image_encoder"]
+__all__ = [
+    "FEATURE_NAME",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "ImageEncoderHead",
+    "compare_with_onnx",
+    "export_image_encoder",
+]
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "embedding"
+FEATURE_NAME = "feature"
 
 
 class ImageEncoderHead(nn.Module):
@@ -39,9 +51,15 @@ class ImageEncoderHead(nn.Module):
 
 
 def export_image_encoder(
-    module: nn.Module, path: str | os.PathLike[str], image_size: int, opset: int = 17, dynamo: bool = False
+    module: nn.Module,
+    path: str | os.PathLike[str],
+    image_size: int,
+    opset: int = 17,
+    dynamo: bool = False,
+    output_names: Sequence[str] = (OUTPUT_NAME,),
 ) -> Path:
-    """Export `module` (pixels -> vector) to ONNX with a dynamic batch axis and check it with onnx.checker.
+    """Export `module` (pixels -> vector, or a tuple of vectors named by `output_names`) to ONNX with a dynamic batch
+    axis and check it with onnx.checker.
 
     Uses the TorchScript exporter by default (fast, quiet, verified on both backbones; deprecated in torch >= 2.9);
     `dynamo=True` uses the torch.export-based exporter instead (opset >= 18, single file). The module is exported in
@@ -55,7 +73,7 @@ def export_image_encoder(
     torch.backends.mha.set_fastpath_enabled(False)
     # batch 2 so the tracer cannot specialise anything on a batch of 1
     dummy = torch.zeros(2, 3, image_size, image_size)
-    names = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME]}
+    names = {"input_names": [INPUT_NAME], "output_names": list(output_names)}
     try:
         with warnings.catch_warnings():  # known-harmless exporter notices
             warnings.filterwarnings(
@@ -85,7 +103,7 @@ def export_image_encoder(
                     (dummy,),
                     str(path),
                     **names,
-                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in output_names}},
                     opset_version=opset,
                     do_constant_folding=True,
                     dynamo=False,
@@ -100,11 +118,19 @@ def export_image_encoder(
 def compare_with_onnx(
     module: nn.Module, path: str | os.PathLike[str], pixels: Tensor, intra_op_threads: int | None = None
 ) -> float:
-    """Max absolute difference between `module(pixels)` in PyTorch and the exported ONNX model on the same input."""
+    """Max absolute difference between `module(pixels)` in PyTorch and the exported ONNX model on the same input
+    (over every output when the module returns a tuple)."""
     module.eval()
     with torch.no_grad():
-        expected = module(pixels).numpy()
-    got = run(make_session(path, intra_op_threads), {INPUT_NAME: pixels.numpy().astype(np.float32)})
-    if got.shape != expected.shape:
-        raise AssertionError(f"ONNX output shape {got.shape} != PyTorch {expected.shape}")
-    return float(np.abs(got - expected).max())
+        out = module(pixels)
+    expected = [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+    session = make_session(path, intra_op_threads)
+    got = session.run(None, {INPUT_NAME: pixels.numpy().astype(np.float32)})
+    if len(got) != len(expected):
+        raise AssertionError(f"ONNX has {len(got)} outputs, PyTorch {len(expected)}")
+    worst = 0.0
+    for g, e in zip(got, expected, strict=True):
+        if g.shape != e.shape:
+            raise AssertionError(f"ONNX output shape {g.shape} != PyTorch {e.shape}")
+        worst = max(worst, float(np.abs(g - e).max()))
+    return worst

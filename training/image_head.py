@@ -32,12 +32,16 @@ class ImageHead(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """backbone -> head: what `image_encoder.onnx` computes (pixels -> index vector)."""
+    """backbone -> head: what `image_encoder.onnx` computes, pixels -> (index vector, L2-normalised backbone feature).
+
+    The feature is what the feature cache holds and what the tagger and captioner components read, so one pass of
+    the backbone serves search, tagging and captioning."""
 
     def __init__(self, backbone: nn.Module, head: ImageHead) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
 
-    def forward(self, pixels: Tensor) -> Tensor:
-        return self.head(self.backbone(pixels))
+    def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        feature = F.normalize(self.backbone(pixels), dim=1)
+        return self.head(feature), feature

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,9 @@ class Bundle:
                 uses_sentence=bool(spec.get("sentence_dim", 0)),
                 tokenizer=tokenizer_for(lang),
             )
+        self._threads = intra_op_threads
+        self._components: dict[str, Any] = {}
+        self._components_lock = threading.Lock()
         fusion = m.get("fusion", {})
         self.alpha: float = float(fusion.get("alpha", 0.5))
         self.cl_space: str = fusion.get("cl_space", "visual")
@@ -139,9 +143,28 @@ class Bundle:
         return sorted(self._text)
 
     # -- images ---------------------------------------------------------------------------------------------
+    @property
+    def has_features(self) -> bool:
+        """True when the image encoder also emits the backbone feature the tagger and captioner read."""
+        return bool(self.manifest["image_encoder"].get("feature_output"))
+
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """[B,3,H,W] preprocessed pixels -> [B,D] index vectors."""
-        return self._image.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+        out = self.manifest["image_encoder"].get("output", "embedding")
+        return self._image.run([out], {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+
+    def encode_pixels_with_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[B,3,H,W] -> ([B,D] index vectors, [B,F] L2-normalised backbone features), one backbone pass."""
+        spec = self.manifest["image_encoder"]
+        if not self.has_features:
+            raise BundleError(
+                f"{self.folder}: the image encoder has no feature output (re-export the bundle)"
+            )
+        emb, feat = self._image.run(
+            [spec.get("output", "embedding"), spec["feature_output"]],
+            {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)},
+        )
+        return emb, feat
 
     def encode_images(self, images: list) -> np.ndarray:
         """PIL images -> [B,D]; oversampled crops are encoded and averaged (then re-normalised)."""
@@ -152,6 +175,38 @@ class Bundle:
             vecs = flat.reshape(len(arrays), crops, -1).mean(axis=1)
             return _l2n(vecs)
         return self.encode_pixels(np.stack(arrays))
+
+    def encode_images_with_features(self, images: list) -> tuple[np.ndarray, np.ndarray]:
+        """PIL images -> ([B,D] index vectors, [B,F] backbone features), crops averaged as in `encode_images`."""
+        arrays = [preprocess(img, self.preprocess_config) for img in images]
+        if self.preprocess_config.crop == "oversample":
+            crops = arrays[0].shape[0]
+            emb, feat = self.encode_pixels_with_features(np.concatenate(arrays, axis=0))
+            n = len(arrays)
+            return _l2n(emb.reshape(n, crops, -1).mean(axis=1)), _l2n(feat.reshape(n, crops, -1).mean(axis=1))
+        return self.encode_pixels_with_features(np.stack(arrays))
+
+    # -- components (loaded on first use; None when the bundle has none) --------------------------------------
+    @property
+    def tagger(self) -> Any:
+        return self._component("tagger")
+
+    @property
+    def captioner(self) -> Any:
+        return self._component("captioner")
+
+    def _component(self, kind: str) -> Any:
+        spec = self.manifest.get(kind)
+        if not spec:
+            return None
+        with self._components_lock:  # server threads may ask at once: load once
+            if kind not in self._components:
+                if kind == "tagger":
+                    from xlsearch.tagging import Tagger as loader
+                else:
+                    from xlsearch.captioning import Captioner as loader
+                self._components[kind] = loader.load(self.folder / spec["folder"], spec, self._threads)
+            return self._components[kind]
 
     # -- text -----------------------------------------------------------------------------------------------
     def tokenize(self, texts: list[str], lang: str) -> list[list[str]]:
