@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=cpus, help="ONNX Runtime intra-op threads")
     ap.add_argument("--chunk-size", type=int, default=512, help="images per checkpoint chunk")
     ap.add_argument("--max-image-bytes", type=int, default=32 << 20, help="skip larger image files")
+    ap.add_argument(
+        "--no-predicted-tags",
+        action="store_true",
+        help="do not store the bundle tagger's predicted Chinese tags (only the source's own tags)",
+    )
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
 
@@ -111,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_job(
             source,
             ImageDecoder(bundle.preprocess_config, args.max_image_bytes),
-            BundleEncoder(bundle),
+            BundleEncoder(bundle, predict_tags=not args.no_predicted_tags),
             Checkpoint.next_to(args.out, BundleKey.of(bundle)),
             writer,
             batch_size=args.batch_size,
@@ -121,7 +126,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             timer=timer,
             settings={
                 k: getattr(args, k)
-                for k in ("batch_size", "workers", "threads", "chunk_size", "max_image_bytes")
+                for k in (
+                    "batch_size",
+                    "workers",
+                    "threads",
+                    "chunk_size",
+                    "max_image_bytes",
+                    "no_predicted_tags",
+                )
             },
         )
     except (ManifestError, BundleError, IndexFormatError, FileNotFoundError, ValueError) as e:

@@ -2,7 +2,8 @@
 
 - reader: a ``Source`` (``indexer.sources``): the items to index, in order.
 - mapper: ``ImageDecoder`` (in a thread pool: file size check, decode, preprocess) and an ``Encoder`` (ONNX image
-  encoder + English caption encoder in the bundle's CL space), batch by batch.
+  encoder + English caption encoder in the bundle's CL space + the bundle's tagger, when it has one), batch by
+  batch.
 - checkpoint: every ``chunk_size`` mapped items are written atomically to a work folder next to the output, keyed
   by bundle hash; a rerun reuses every row whose fingerprint (path, size, mtime, first caption) still matches.
 - writer: ``IndexWriter`` builds the ``ImageIndex``, attaches ``report.json`` and saves it atomically.
@@ -93,6 +94,10 @@ class Encoder(Protocol):
         """[B,3,S,S] (or [B,10,3,S,S] oversampled) -> [B,D]."""
         ...
 
+    def encode_images_and_tags(self, pixels: np.ndarray) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+        """[B,D] vectors and each image's predicted Chinese tags (empty tuples without a tagger)."""
+        ...
+
     def encode_captions(self, texts: list[str]) -> np.ndarray:
         """English captions -> [B,D] in the bundle's CL space."""
         ...
@@ -102,20 +107,45 @@ class BundleEncoder:
     """The bundle's encoders. Image vectors equal ``Bundle.encode_images`` (same crop averaging and
     re-normalisation), so images indexed here and images added to a running server are comparable."""
 
-    def __init__(self, bundle: Any):
+    def __init__(self, bundle: Any, predict_tags: bool = True):
         self.bundle = bundle
         self.dim = int(bundle.dim)
+        self.tagger = getattr(bundle, "tagger", None) if predict_tags else None
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         if pixels.ndim == 4:
             return self.bundle.encode_pixels(pixels)
         n, crops = pixels.shape[:2]
         flat = self.bundle.encode_pixels(pixels.reshape(n * crops, *pixels.shape[2:]))
-        mean = flat.reshape(n, crops, -1).mean(axis=1)
-        return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+        return _l2n(flat.reshape(n, crops, -1).mean(axis=1))
+
+    def encode_images_and_tags(self, pixels: np.ndarray) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+        """One backbone pass gives the index vector and the feature the tagger reads (top-m^ tags by LQP)."""
+        if self.tagger is None:
+            return self.encode_images(pixels), [()] * len(pixels)
+        if pixels.ndim == 4:
+            vecs, feats = self.bundle.encode_pixels_with_features(pixels)
+        else:
+            n, crops = pixels.shape[:2]
+            v, f = self.bundle.encode_pixels_with_features(pixels.reshape(n * crops, *pixels.shape[2:]))
+            vecs, feats = (
+                _l2n(v.reshape(n, crops, -1).mean(axis=1)),
+                _l2n(f.reshape(n, crops, -1).mean(axis=1)),
+            )
+        tags = [tuple(t.tag for t in scored) for scored in self.tagger.predict(feats)]
+        return vecs, tags
 
     def encode_captions(self, texts: list[str]) -> np.ndarray:
         return self.bundle.cl_vectors(texts, "en")
+
+
+def _l2n(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def merge_tags(given: Sequence[str], predicted: Sequence[str]) -> tuple[str, ...]:
+    """The source's own tags first, then the predicted ones it does not already have."""
+    return tuple(dict.fromkeys([*given, *predicted]))
 
 
 def fingerprint(item: SourceItem) -> str:
@@ -136,6 +166,7 @@ class Chunk:
     fingerprints: list[str] = field(default_factory=list)
     images: list[np.ndarray] = field(default_factory=list)
     captions: list[np.ndarray | None] = field(default_factory=list)
+    tags: list[tuple[str, ...]] = field(default_factory=list)  # predicted Chinese tags
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"id", "path", "reason", "fingerprint"}
 
     def __len__(self) -> int:
@@ -147,6 +178,7 @@ class Row:
     image: np.ndarray | None  # None: skipped
     caption: np.ndarray | None
     reason: str = ""
+    tags: tuple[str, ...] = ()  # predicted
 
 
 class Checkpoint:
@@ -172,12 +204,13 @@ class Checkpoint:
                     ids, fps = [str(i) for i in z["ids"]], [str(f) for f in z["fingerprints"]]
                     images, captions, has_cap = z["images"], z["captions"], z["has_caption"]
                     skipped = json.loads(str(z["skipped"]))
+                    tags = json.loads(str(z["tags"])) if "tags" in z.files else [[] for _ in ids]
             except (OSError, ValueError, KeyError):  # a torn or foreign file: recompute its items
                 continue
             if images.shape[1:] != (self.dim,) or captions.shape[1:] != (self.cl_dim,):
                 continue
             for n, (i, f) in enumerate(zip(ids, fps, strict=True)):
-                rows[(i, f)] = Row(images[n], captions[n] if has_cap[n] else None)
+                rows[(i, f)] = Row(images[n], captions[n] if has_cap[n] else None, tags=tuple(tags[n]))
             for s in skipped:
                 rows[(s["id"], s["fingerprint"])] = Row(None, None, s["reason"])
         return rows
@@ -200,6 +233,7 @@ class Checkpoint:
             captions=captions.astype(np.float32),
             has_caption=has_cap,
             skipped=np.array(json.dumps(chunk.skipped, ensure_ascii=False)),
+            tags=np.array(json.dumps([list(t) for t in chunk.tags], ensure_ascii=False)),
         )
 
     def clear(self) -> None:
@@ -222,7 +256,7 @@ class IndexWriter:
             index = ImageIndex.create(self.key, self.factory)
             kept = [(it, r) for it, r in zip(items, rows, strict=True) if r.image is not None]
             if kept:
-                metas = [ImageMeta(it.id, it.uri, it.captions, it.tags) for it, _ in kept]
+                metas = [ImageMeta(it.id, it.uri, it.captions, merge_tags(it.tags, r.tags)) for it, r in kept]
                 index.add(metas, np.stack([r.image for _, r in kept]), [r.caption for _, r in kept])
         index.report = report
         with timer("save"):
@@ -380,7 +414,8 @@ def _encode_batch(
     ok: list[tuple[SourceItem, str, np.ndarray]], encoder: Encoder, chunk: Chunk, timer: StageTimer
 ) -> None:
     with timer("encode_images"):
-        vecs = np.asarray(encoder.encode_images(np.stack([x for _, _, x in ok])), dtype=np.float32)
+        vecs, tags = encoder.encode_images_and_tags(np.stack([x for _, _, x in ok]))
+        vecs = np.asarray(vecs, dtype=np.float32)
     captioned = [n for n, (it, _, _) in enumerate(ok) if it.captions]
     caps: list[np.ndarray | None] = [None] * len(ok)
     if captioned:
@@ -390,8 +425,9 @@ def _encode_batch(
             )
         for n, v in zip(captioned, cv, strict=True):
             caps[n] = v
-    for (it, fp, _), v, c in zip(ok, vecs, caps, strict=True):
+    for (it, fp, _), v, c, t in zip(ok, vecs, caps, tags, strict=True):
         chunk.ids.append(it.id)
         chunk.fingerprints.append(fp)
         chunk.images.append(v)
         chunk.captions.append(c)
+        chunk.tags.append(tuple(t))

@@ -5,10 +5,14 @@ from __future__ import annotations
 from xlsearch.server.errors import InvalidArgument
 from xlsearch.server.types import (
     AddOutcome,
+    AnnotationView,
+    CaptionCall,
     DeleteOutcome,
+    ImageSource,
     ImageUpload,
     SearchAnswer,
     StatsView,
+    TagCall,
 )
 from xlsearch.v1 import search_pb2 as pb
 
@@ -78,4 +82,35 @@ def stats_response(stats: StatsView) -> pb.GetStatsResponse:
         cl_space=stats.cl_space,
         cache_backend=stats.cache_backend,
         cache_connected=stats.cache_connected,
+    )
+
+
+def image_source(ref: pb.ImageRef) -> ImageSource:
+    which = ref.WhichOneof("source")
+    if which == "image_bytes":
+        return ImageSource(image_bytes=ref.image_bytes)
+    if which == "image_id":
+        return ImageSource(image_id=ref.image_id)
+    return ImageSource()
+
+
+def tag_call(req: pb.TagRequest) -> TagCall:
+    k = int(req.k) if req.HasField("k") else None
+    return TagCall(image_source(req.image), k, tuple(req.user_tags))
+
+
+def caption_call(req: pb.CaptionRequest) -> CaptionCall:
+    return CaptionCall(image_source(req.image), int(req.n_best), bool(req.recommend))
+
+
+def tag_response(view: AnnotationView) -> pb.TagResponse:
+    return pb.TagResponse(
+        tags=[pb.TagScore(tag=t.tag, score=t.score, english=list(t.english)) for t in view.tags]
+    )
+
+
+def caption_response(view: AnnotationView) -> pb.CaptionResponse:
+    return pb.CaptionResponse(
+        captions=[pb.ScoredSentence(text=c.text, score=c.score) for c in view.captions],
+        recommended=[pb.ScoredSentence(text=r.text, score=r.score) for r in view.recommended],
     )

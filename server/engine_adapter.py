@@ -13,7 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from xlsearch.server.types import ImageUpload, SearchQuery, StatsView
+from xlsearch.server.types import (
+    AnnotationView,
+    CaptionCall,
+    ImageSource,
+    ImageUpload,
+    SearchQuery,
+    StatsView,
+    TagCall,
+)
 
 QueryVectors = tuple[np.ndarray, np.ndarray]
 
@@ -73,6 +81,14 @@ class EngineAdapter:
             q_cm, q_cl, top_k=query.top_k, mode=query.mode, alpha=query.alpha, tags=tags
         )
 
+    def tag(self, call: TagCall) -> AnnotationView:
+        a = self.engine.annotator.tag(_ref(call.image), k=call.k, user_tags=call.user_tags)
+        return AnnotationView.from_engine(a)
+
+    def caption(self, call: CaptionCall) -> AnnotationView:
+        a = self.engine.annotator.caption(_ref(call.image), n_best=call.n_best, recommend=call.recommend)
+        return AnnotationView.from_engine(a)
+
     def add_images(self, uploads: list[ImageUpload]) -> list[str]:
         from xlsearch.search import NewImage
 
@@ -102,3 +118,9 @@ class EngineAdapter:
             cache_backend="",
             cache_connected=False,
         )
+
+
+def _ref(image: ImageSource) -> Any:
+    from xlsearch.annotate import ImageRef
+
+    return ImageRef(image_bytes=image.image_bytes, image_id=image.image_id)

@@ -62,6 +62,7 @@ def load_engine(settings: ServerSettings) -> Any:
     """Bundle + ImageIndex -> SearchEngine (blocking; seconds). Raises on a mismatched or broken pair."""
     import faiss
 
+    from xlsearch.annotate import AnnotateLimits
     from xlsearch.bundle import Bundle
     from xlsearch.index import ImageIndex
     from xlsearch.search import Limits, SearchEngine
@@ -76,7 +77,13 @@ def load_engine(settings: ServerSettings) -> Any:
         max_top_k=settings.max_top_k,
         max_image_bytes=settings.max_image_bytes,
     )
-    engine = SearchEngine(bundle, index, limits=limits)
+    annotate = AnnotateLimits(
+        max_tag_k=settings.max_tag_k,
+        max_n_best=settings.max_n_best,
+        beam_size=settings.caption_beam_size,
+        recommend_k=settings.recommend_k,
+    )
+    engine = SearchEngine(bundle, index, limits=limits, annotate_limits=annotate)
     if callable(getattr(engine, "warmup", None)):
         engine.warmup()  # lazy encoders load now, so health turns SERVING only when the first search is fast
     return engine

@@ -23,11 +23,14 @@ from xlsearch.server.settings import ServerSettings
 from xlsearch.server.types import (
     MODES,
     AddOutcome,
+    AnnotationView,
+    CaptionCall,
     DeleteOutcome,
     ImageUpload,
     SearchAnswer,
     SearchQuery,
     StatsView,
+    TagCall,
 )
 
 
@@ -153,6 +156,30 @@ class SearchService:
         vectors = await self._runner.run(deadline, "encoding the query", engine.encode_query, text, timer)
         await self._cache.put_embedding(key, vectors)
         return vectors, timer.seconds
+
+    # -- tagging and captioning --------------------------------------------------------------------------------
+    def _check_image(self, call: TagCall | CaptionCall) -> None:
+        image = call.image
+        if not image.image_bytes and not image.image_id.strip():
+            raise InvalidArgument("no image: set image.image_bytes or image.image_id")
+        if len(image.image_bytes) > self._settings.max_image_bytes:
+            raise TooLarge(
+                f"image has {len(image.image_bytes)} bytes; the limit is {self._settings.max_image_bytes}"
+            )
+
+    async def tag(self, call: TagCall, deadline: Deadline) -> AnnotationView:
+        self._check_image(call)
+        engine = self._engine()
+        view = await self._runner.run(deadline, "tagging", engine.tag, call)
+        self._metrics.observe_stages(view.timings)
+        return view
+
+    async def caption(self, call: CaptionCall, deadline: Deadline) -> AnnotationView:
+        self._check_image(call)
+        engine = self._engine()
+        view = await self._runner.run(deadline, "captioning", engine.caption, call)
+        self._metrics.observe_stages(view.timings)
+        return view
 
     # -- index changes -----------------------------------------------------------------------------------------
     async def add_images(self, uploads: AsyncIterator[ImageUpload], deadline: Deadline) -> AddOutcome:

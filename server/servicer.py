@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from xlsearch.server import converters
-from xlsearch.server.errors import Cancelled, Unimplemented, map_errors
+from xlsearch.server.errors import Cancelled, map_errors
 from xlsearch.server.execution import Deadline
 from xlsearch.server.metrics import ServerMetrics
 from xlsearch.server.service import SearchService
@@ -34,11 +34,13 @@ class ImageSearchServicer(pb_grpc.ImageSearchServicer):
 
     @map_errors
     async def Tag(self, request: pb.TagRequest, context: Context) -> pb.TagResponse:
-        raise Unimplemented("Tag is not implemented yet (the tagging issue adds it)")
+        view = await self._service.tag(converters.tag_call(request), Deadline.of(context))
+        return converters.tag_response(view)
 
     @map_errors
     async def Caption(self, request: pb.CaptionRequest, context: Context) -> pb.CaptionResponse:
-        raise Unimplemented("Caption is not implemented yet (the captioning issue adds it)")
+        view = await self._service.caption(converters.caption_call(request), Deadline.of(context))
+        return converters.caption_response(view)
 
     @map_errors
     async def AddImages(

@@ -48,10 +48,16 @@ class ServerSettings(BaseSettings):
     max_query_chars: int = Field(256, gt=0, description="longest query accepted (characters, after trimming)")
     max_top_k: int = Field(1000, gt=0)
     default_top_k: int = Field(10, gt=0, description="used when a request's top_k is 0")
-    max_image_bytes: int = Field(8 * MiB, gt=0, description="largest image accepted by AddImages")
+    max_image_bytes: int = Field(
+        8 * MiB, gt=0, description="largest image accepted by AddImages, Tag and Caption"
+    )
     max_images_per_call: int = Field(1000, gt=0, description="most images one AddImages stream may carry")
     max_add_bytes: int = Field(256 * MiB, gt=0, description="most image bytes one AddImages stream may carry")
     require_chinese: bool = Field(True, description="refuse queries without a Chinese character")
+    max_tag_k: int = Field(100, gt=0, description="largest k a Tag call may ask for")
+    max_n_best: int = Field(10, gt=0, description="most captions a Caption call may ask for")
+    caption_beam_size: int = Field(3, gt=0, description="beam width of caption decoding (raised to n_best)")
+    recommend_k: int = Field(5, gt=0, description="sentences a Caption call recommends when asked")
 
     max_concurrent_rpcs: int | None = Field(
         None,

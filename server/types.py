@@ -119,3 +119,55 @@ class StatsView:
     cl_space: str
     cache_backend: str
     cache_connected: bool
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Tag/Caption input: exactly one of the image bytes and the id of an indexed image (the service checks)."""
+
+    image_bytes: bytes = b""
+    image_id: str = ""
+
+
+@dataclass(frozen=True)
+class TagCall:
+    image: ImageSource
+    k: int | None  # None: the tagger's predicted tag count
+    user_tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CaptionCall:
+    image: ImageSource
+    n_best: int
+    recommend: bool
+
+
+@dataclass(frozen=True)
+class TagView:
+    tag: str
+    score: float
+    english: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SentenceView:
+    text: str
+    score: float
+
+
+@dataclass
+class AnnotationView:
+    tags: list[TagView] = field(default_factory=list)
+    captions: list[SentenceView] = field(default_factory=list)
+    recommended: list[SentenceView] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_engine(cls, a: Any) -> AnnotationView:
+        return cls(
+            tags=[TagView(t.tag, t.score, tuple(t.english)) for t in a.tags],
+            captions=[SentenceView(c.text, c.score) for c in a.captions],
+            recommended=[SentenceView(r.text, r.score) for r in a.recommended],
+            timings=dict(a.timings),
+        )

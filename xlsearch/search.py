@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -221,6 +221,7 @@ class SearchEngine:
         initial_depth: int | None = None,
         persist: bool = True,
         encode_batch: int = 16,
+        annotate_limits: Any = None,
     ):
         index.check_compatible(bundle)
         self.bundle, self.index = bundle, index
@@ -233,6 +234,8 @@ class SearchEngine:
         self._save_lock = threading.Lock()
         self._saved_version = index.version if index.folder is not None else -1
         text = bundle.manifest.get("text_encoders", {}) if hasattr(bundle, "manifest") else {}
+        self._annotator: Any = None
+        self._annotate_limits = annotate_limits  # xlsearch.annotate.AnnotateLimits (None: its defaults)
         self._zh_uses_sentence = bool(text.get("zh", {}).get("sentence_dim", 0))
 
     @property
@@ -243,6 +246,8 @@ class SearchEngine:
         """Load lazily initialised encoders (the sentence model) and run each path once, so the first request
         is not slow."""
         self.search("热身", top_k=1, mode="CLM")
+        for kind in ("tagger", "captioner"):  # load the bundle's components now rather than on the first call
+            getattr(self.bundle, kind, None)
 
     # -- search -------------------------------------------------------------------------------------------------
     def search(
@@ -479,42 +484,42 @@ class SearchEngine:
         if not prepared:
             return []
         images = [p[1] for p in prepared]
-        vecs = np.concatenate(
-            [
-                self.bundle.encode_images(images[i : i + self.encode_batch])
-                for i in range(0, len(images), self.encode_batch)
-            ]
-        )
+        vecs, predicted = self._encode_new(images)
         captioned = [n for n, p in enumerate(prepared) if p[0].has_caption]
         cap_rows: list[np.ndarray | None] = [None] * len(prepared)
         if captioned:
             cap_vecs = self.bundle.cl_vectors([prepared[n][0].caption for n in captioned], "en")
             for n, v in zip(captioned, cap_vecs, strict=True):
                 cap_rows[n] = v
-        metas = [p[0] for p in prepared]
+        metas = [
+            replace(p[0], tags=tuple(dict.fromkeys([*p[0].tags, *tags])))
+            for p, tags in zip(prepared, predicted, strict=True)
+        ]
         with self._lock.write():
             self.index.add(metas, vecs, cap_rows)
         self._persist()
         return [m.id for m in metas]
 
+    def _encode_new(self, images: list[Image.Image]) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+        """Index vectors and, when the bundle has a tagger, each image's predicted Chinese tags (stored in the
+        metadata so Search can filter on them, exactly as the indexer does)."""
+        tagger = getattr(self.bundle, "tagger", None)
+        vecs, tags = [], []
+        for i in range(0, len(images), self.encode_batch):
+            batch = images[i : i + self.encode_batch]
+            if tagger is None:
+                vecs.append(self.bundle.encode_images(batch))
+                tags.extend(() for _ in batch)
+                continue
+            emb, feats = self.bundle.encode_images_with_features(batch)
+            vecs.append(emb)
+            tags.extend(tuple(t.tag for t in scored) for scored in tagger.predict(feats))
+        return np.concatenate(vecs), tags
+
     def _prepare(self, n: int, item: NewImage) -> tuple[ImageMeta, Image.Image]:
         lim = self.limits
         data = item.image_bytes
-        if not isinstance(data, bytes | bytearray | memoryview) or not len(data):
-            raise InvalidImage(f"item {n}: image_bytes must be non-empty bytes")
-        if len(data) > lim.max_image_bytes:
-            raise ImageTooLarge(f"item {n}: {len(data)} bytes; the limit is {lim.max_image_bytes}")
-        try:
-            with Image.open(io.BytesIO(data)) as im:  # header only: refuse huge images before decoding
-                w, h = im.size
-        except Exception as e:  # PIL raises many types for garbage input
-            raise InvalidImage(f"item {n}: not a readable image ({type(e).__name__}: {e})") from None
-        if w * h > lim.max_image_pixels:
-            raise ImageTooLarge(f"item {n}: {w}x{h} pixels; the limit is {lim.max_image_pixels}")
-        try:
-            image = load_image(bytes(data), max_pixels=lim.max_image_pixels)
-        except ImageError as e:
-            raise InvalidImage(f"item {n}: {e}") from None
+        image = decode_image_bytes(data, lim, f"item {n}")
         image_id = (item.id or "").strip() or hashlib.sha256(data).hexdigest()
         if len(image_id) > lim.max_id_chars:
             raise InvalidArgument(f"item {n}: id longer than {lim.max_id_chars} characters")
@@ -554,6 +559,16 @@ class SearchEngine:
                 ) from e
             self._saved_version = self.index.version
 
+    @property
+    def annotator(self) -> Any:
+        """Tagging and captioning of query images and indexed images (``xlsearch.annotate.Annotator``)."""
+        with self._save_lock:
+            if self._annotator is None:
+                from xlsearch.annotate import Annotator
+
+                self._annotator = Annotator(self, self._annotate_limits)
+            return self._annotator
+
     def stats(self) -> dict[str, Any]:
         with self._lock.read():
             ix = self.index
@@ -574,6 +589,25 @@ class SearchEngine:
                 "created": ix.created,
                 "updated": ix.updated,
             }
+
+
+def decode_image_bytes(data: Any, limits: Limits, what: str = "image") -> Image.Image:
+    """Validated decode of untrusted bytes: size and pixel limits are checked before the full decode."""
+    if not isinstance(data, bytes | bytearray | memoryview) or not len(data):
+        raise InvalidImage(f"{what}: image_bytes must be non-empty bytes")
+    if len(data) > limits.max_image_bytes:
+        raise ImageTooLarge(f"{what}: {len(data)} bytes; the limit is {limits.max_image_bytes}")
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # header only: refuse huge images before decoding
+            w, h = im.size
+    except Exception as e:  # PIL raises many types for garbage input
+        raise InvalidImage(f"{what}: not a readable image ({type(e).__name__}: {e})") from None
+    if w * h > limits.max_image_pixels:
+        raise ImageTooLarge(f"{what}: {w}x{h} pixels; the limit is {limits.max_image_pixels}")
+    try:
+        return load_image(bytes(data), max_pixels=limits.max_image_pixels)
+    except ImageError as e:
+        raise InvalidImage(f"{what}: {e}") from None
 
 
 def _empty() -> tuple[np.ndarray, np.ndarray]:
