@@ -62,13 +62,15 @@ FORWARDED = {
     "index": "embed a manifest or an image folder into a FAISS index folder (xlsearch index -h)",
     "serve": "run the gRPC search server (xlsearch serve -h)",
     "search": "search a running server with a Chinese query (xlsearch search -h)",
+    "tag": "Chinese tags of an image, from a running server (xlsearch tag -h)",
+    "caption": "generated Chinese captions of an image, from a running server (xlsearch caption -h)",
     "add": "add image files or folders to a running server's index",
     "delete": "remove images from a running server's index by id",
     "stats": "what a running server serves",
     "health": "gRPC health of a running server (exit 0 when SERVING)",
     "loadbench": "gRPC load and index scale benchmarks (xlsearch loadbench -h)",
 }
-CLIENT_COMMANDS = ("search", "add", "delete", "stats", "health")
+CLIENT_COMMANDS = ("search", "tag", "caption", "add", "delete", "stats", "health")
 
 
 def build_parser() -> argparse.ArgumentParser:

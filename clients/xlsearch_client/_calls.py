@@ -9,6 +9,7 @@ never clashes with either when they are imported into the same process.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from xlsearch_client._proto import search_pb2 as pb
+from xlsearch_client.uploads import ImageId
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ImageSearch"]  # xlsearch.v1.ImageSearch
 MODES = {"CL": pb.CL, "CM": pb.CM, "CLM": pb.CLM}
@@ -42,6 +44,8 @@ def _method(name: str) -> Method:
 
 
 SEARCH = _method("Search")
+TAG = _method("Tag")
+CAPTION = _method("Caption")
 ADD_IMAGES = _method("AddImages")
 DELETE_IMAGES = _method("DeleteImages")
 GET_STATS = _method("GetStats")
@@ -61,6 +65,26 @@ def search_request(
             raise ValueError("alpha is NaN")
         request.alpha = float(alpha)
     return request
+
+
+def image_ref(image: bytes | ImageId) -> pb.ImageRef:
+    """`image`: the encoded image (from `uploads.read_image`) or the id of an indexed image."""
+    if isinstance(image, ImageId):
+        return pb.ImageRef(image_id=image.id)
+    return pb.ImageRef(image_bytes=image)
+
+
+def tag_request(image: bytes | ImageId, k: int | None, user_tags: Iterable[str] | str) -> pb.TagRequest:
+    if isinstance(user_tags, str):
+        user_tags = [user_tags]
+    request = pb.TagRequest(image=image_ref(image), user_tags=list(user_tags))
+    if k is not None:
+        request.k = operator.index(k)  # an int, not a float cut to one
+    return request
+
+
+def caption_request(image: bytes | ImageId, n_best: int, recommend: bool) -> pb.CaptionRequest:
+    return pb.CaptionRequest(image=image_ref(image), n_best=operator.index(n_best), recommend=bool(recommend))
 
 
 def delete_request(ids: Iterable[str] | str) -> pb.DeleteImagesRequest:

@@ -3,12 +3,14 @@
     async with AsyncClient("127.0.0.1:50051", timeout=10) as client:
         result = await client.search("一只红色的袋鼠", top_k=5)
 
-Create it inside a running event loop; `add_images` also takes an async iterable.
+Create it inside a running event loop; `add_images` also takes an async iterable. Files (`add_images`, `tag`,
+`caption`) are read in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from typing import Any
 
@@ -20,15 +22,19 @@ from xlsearch_client.client import DEFAULT_OPTIONS, DEFAULT_TARGET
 from xlsearch_client.errors import XlsearchError
 from xlsearch_client.results import (
     AddResult,
+    CaptionResult,
     DeleteResult,
     SearchResult,
     Stats,
+    TagResult,
     add_result_from_proto,
+    caption_result_from_proto,
     delete_result_from_proto,
     search_result_from_proto,
     stats_from_proto,
+    tag_result_from_proto,
 )
-from xlsearch_client.uploads import ImageItem, abort_request
+from xlsearch_client.uploads import ImageId, ImageItem, ImageSource, abort_request, read_image
 
 
 class _AbortableStream:
@@ -59,6 +65,13 @@ class _AbortableStream:
             yield abort_request()
 
 
+async def _read_image(image: ImageSource | ImageId) -> bytes | ImageId:
+    """`uploads.read_image`, reading a file in a worker thread."""
+    if isinstance(image, str | os.PathLike):
+        return await asyncio.to_thread(read_image, image)
+    return read_image(image)
+
+
 class AsyncClient:
     """asyncio client of one xlsearch server; see `Client` for the arguments. Create it inside a running loop."""
 
@@ -79,6 +92,8 @@ class AsyncClient:
             else grpc.aio.insecure_channel(target, opts)
         )
         self._search = self._unary(_calls.SEARCH)
+        self._tag = self._unary(_calls.TAG)
+        self._caption = self._unary(_calls.CAPTION)
         self._delete = self._unary(_calls.DELETE_IMAGES)
         self._stats = self._unary(_calls.GET_STATS)
         self._health = self._unary(_calls.HEALTH_CHECK)
@@ -117,6 +132,28 @@ class AsyncClient:
     ) -> SearchResult:
         request = _calls.search_request(query, top_k, mode, alpha, tags)
         return search_result_from_proto(await self._call(self._search, request, timeout))
+
+    async def tag(
+        self,
+        image: ImageSource | ImageId,
+        *,
+        k: int | None = None,
+        user_tags: Iterable[str] | str = (),
+        timeout: float | None = None,
+    ) -> TagResult:
+        request = _calls.tag_request(await _read_image(image), k, user_tags)
+        return tag_result_from_proto(await self._call(self._tag, request, timeout))
+
+    async def caption(
+        self,
+        image: ImageSource | ImageId,
+        *,
+        n_best: int = 1,
+        recommend: bool = False,
+        timeout: float | None = None,
+    ) -> CaptionResult:
+        request = _calls.caption_request(await _read_image(image), n_best, recommend)
+        return caption_result_from_proto(await self._call(self._caption, request, timeout))
 
     async def add_images(
         self, images: Iterable[Any] | AsyncIterable[Any], *, timeout: float | None = None

@@ -1,13 +1,15 @@
-"""`xlsearch-client` (also `xlsearch search|add|delete|stats|health`): the client on the command line.
+"""`xlsearch-client` (also `xlsearch search|tag|caption|add|delete|stats|health`): the client on the command line.
 
     xlsearch-client search "一只红色的袋鼠" --top-k 5 [--mode CL|CM|CLM] [--alpha A] [--tag T]... [--json]
+    xlsearch-client tag IMAGE [--id] [-k K] [--user-tag T]... [--json]
+    xlsearch-client caption IMAGE [--id] [--n-best N] [--recommend] [--json]
     xlsearch-client add PATH... [--caption TEXT | --captions FILE.csv] [--id ID]
     xlsearch-client delete ID...
     xlsearch-client stats
     xlsearch-client health [--service NAME]      # exit 0 when SERVING, 1 otherwise
 
 `--target host:port` (default $XLSEARCH_TARGET or 127.0.0.1:50051) and `--timeout SECONDS` go before or after the
-command. A failed call prints one line, `<prog>: error: <STATUS_CODE>: <message>`, on stderr and exits 2.
+command. IMAGE is an image file, or with `--id` the id of an indexed image. A failed call prints one line, `<prog>: error: <STATUS_CODE>: <message>`, on stderr and exits 2.
 """
 
 from __future__ import annotations
@@ -17,16 +19,25 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from xlsearch_client.client import DEFAULT_TARGET, Client
 from xlsearch_client.errors import XlsearchError
-from xlsearch_client.results import SearchResult
+from xlsearch_client.results import CaptionResult, SearchResult, Sentence, TagResult
 from xlsearch_client.table import key_values, render
-from xlsearch_client.uploads import IMAGE_SUFFIXES, ImageItem, collect_images, read_captions
+from xlsearch_client.uploads import (
+    IMAGE_SUFFIXES,
+    ImageId,
+    ImageItem,
+    collect_images,
+    read_captions,
+    read_image,
+)
 
 DEFAULT_TIMEOUT = 10.0
 ADD_TIMEOUT = 300.0  # an AddImages call encodes every image before it answers
+CAPTION_TIMEOUT = 60.0  # the server's first recommendation encodes the captioner's whole sentence pool
 CAPTION_COLUMNS = 48  # longer captions are cut in the table (never in --json)
 EXIT_ERROR = 2
 EXIT_NOT_SERVING = 1
@@ -47,7 +58,8 @@ def _connection_args(parser: argparse.ArgumentParser, top_level: bool) -> None:
         type=float,
         default=None if top_level else suppress,
         metavar="SECONDS",
-        help=f"deadline of the call (default: {DEFAULT_TIMEOUT:g}; add: {ADD_TIMEOUT:g})",
+        help=f"deadline of the call (default: {DEFAULT_TIMEOUT:g}; caption: {CAPTION_TIMEOUT:g}; "
+        f"add: {ADD_TIMEOUT:g})",
     )
 
 
@@ -75,6 +87,35 @@ def build_parser(prog: str = "xlsearch-client") -> argparse.ArgumentParser:
     s.add_argument("--tag", action="append", default=[], help="only images with this tag (repeatable)")
     s.add_argument("--json", action="store_true", help="print the full result as JSON")
     s.set_defaults(func=_search)
+
+    t = command("tag", "Chinese tags of an image, with their probabilities and English counterparts")
+    _image_args(t)
+    t.add_argument(
+        "-k",
+        type=int,
+        metavar="K",
+        help="how many tags (default: as many as the tagger predicts for the image)",
+    )
+    t.add_argument(
+        "--user-tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="a tag the image is known to carry, from the tagger's vocabulary (repeatable)",
+    )
+    t.add_argument("--json", action="store_true", help="print the full result as JSON")
+    t.set_defaults(func=_tag)
+
+    c = command("caption", "generated Chinese captions of an image (and recommended known sentences)")
+    _image_args(c)
+    c.add_argument(
+        "--n-best", type=int, default=1, metavar="N", help="how many captions (best beams; default: 1)"
+    )
+    c.add_argument(
+        "--recommend", action="store_true", help="also the nearest sentences the captioner was trained on"
+    )
+    c.add_argument("--json", action="store_true", help="print the full result as JSON")
+    c.set_defaults(func=_caption)
 
     a = command("add", "add image files (or every image under folders) to the index")
     a.add_argument("paths", nargs="+", metavar="PATH")
@@ -107,6 +148,13 @@ def build_parser(prog: str = "xlsearch-client") -> argparse.ArgumentParser:
     h.add_argument("--service", default="", help='"" (default), xlsearch.v1.ImageSearch or xlsearch.cache')
     h.set_defaults(func=_health)
     return ap
+
+
+def _image_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "image", metavar="IMAGE", help="an image file (with --id: the id of an indexed image)"
+    )
+    parser.add_argument("--id", action="store_true", help="IMAGE is the id of an image in the server's index")
 
 
 # -- commands -------------------------------------------------------------------------------------------------------
@@ -153,6 +201,69 @@ def _search(args: argparse.Namespace) -> int:
     print(f"{len(result.hits)} hits for {args.query!r} ({', '.join(notes)})")
     if result.hits:
         print(search_table(result))
+    return 0
+
+
+def _image(args: argparse.Namespace) -> bytes | ImageId:
+    if args.id:
+        return ImageId(args.image)
+    path = Path(args.image)
+    if not path.exists():
+        raise FileNotFoundError(f"{args.image}: no such file (add --id if it is the id of an indexed image)")
+    if not path.is_file():
+        raise ValueError(f"{args.image}: not a file")
+    return read_image(path)
+
+
+def _image_name(args: argparse.Namespace) -> str:
+    return f"image id {args.image!r}" if args.id else args.image
+
+
+def tag_table(result: TagResult) -> str:
+    rows = [
+        (rank, t.tag, f"{t.score:.4f}", ", ".join(t.english) or "-")
+        for rank, t in enumerate(result.tags, start=1)
+    ]
+    return render(("rank", "tag", "score", "english"), rows, align="><><")
+
+
+def sentence_table(sentences: Sequence[Sentence], score: str, text: str) -> str:
+    rows = [(rank, f"{s.score:.4f}", s.text) for rank, s in enumerate(sentences, start=1)]
+    return render(("rank", score, text), rows, align=">><")
+
+
+def caption_report(result: CaptionResult, name: str, recommend: bool) -> str:
+    parts = [f"{len(result.captions)} caption(s) for {name}"]
+    if result.captions:
+        parts.append(sentence_table(result.captions, "log-prob", "caption"))
+    if recommend:
+        parts.append(f"\n{len(result.recommended)} recommended sentence(s)")
+        if result.recommended:
+            parts.append(sentence_table(result.recommended, "cosine", "sentence"))
+    return "\n".join(parts)
+
+
+def _tag(args: argparse.Namespace) -> int:
+    image = _image(args)
+    with _client(args) as client:
+        result = client.tag(image, k=args.k, user_tags=args.user_tag)
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    print(f"{len(result.tags)} tag(s) for {_image_name(args)}")
+    if result.tags:
+        print(tag_table(result))
+    return 0
+
+
+def _caption(args: argparse.Namespace) -> int:
+    image = _image(args)
+    with _client(args, CAPTION_TIMEOUT) as client:
+        result = client.caption(image, n_best=args.n_best, recommend=args.recommend)
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    print(caption_report(result, _image_name(args), args.recommend))
     return 0
 
 

@@ -20,15 +20,19 @@ from xlsearch_client import _calls
 from xlsearch_client.errors import XlsearchError
 from xlsearch_client.results import (
     AddResult,
+    CaptionResult,
     DeleteResult,
     SearchResult,
     Stats,
+    TagResult,
     add_result_from_proto,
+    caption_result_from_proto,
     delete_result_from_proto,
     search_result_from_proto,
     stats_from_proto,
+    tag_result_from_proto,
 )
-from xlsearch_client.uploads import abort_request, add_requests
+from xlsearch_client.uploads import ImageId, ImageSource, abort_request, add_requests, read_image
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 # Large enough for the server's biggest images (8 MiB by default) and long result lists.
@@ -77,6 +81,8 @@ class Client:
             else grpc.insecure_channel(target, opts)
         )
         self._search = self._unary(_calls.SEARCH)
+        self._tag = self._unary(_calls.TAG)
+        self._caption = self._unary(_calls.CAPTION)
         self._delete = self._unary(_calls.DELETE_IMAGES)
         self._stats = self._unary(_calls.GET_STATS)
         self._health = self._unary(_calls.HEALTH_CHECK)
@@ -116,6 +122,35 @@ class Client:
         images carrying all of them."""
         request = _calls.search_request(query, top_k, mode, alpha, tags)
         return search_result_from_proto(self._call(self._search, request, timeout))
+
+    def tag(
+        self,
+        image: ImageSource | ImageId,
+        *,
+        k: int | None = None,
+        user_tags: Iterable[str] | str = (),
+        timeout: float | None = None,
+    ) -> TagResult:
+        """Chinese tags of an image, best first, each with its probability and English counterparts. `image`: the
+        encoded image (bytes), a file path, or `ImageId(id)` for an indexed image. `k`: how many tags (None: as
+        many as the tagger predicts for this image). `user_tags`: tags the image is known to carry (from the
+        tagger's vocabulary), given to the tagger as extra input."""
+        request = _calls.tag_request(read_image(image), k, user_tags)
+        return tag_result_from_proto(self._call(self._tag, request, timeout))
+
+    def caption(
+        self,
+        image: ImageSource | ImageId,
+        *,
+        n_best: int = 1,
+        recommend: bool = False,
+        timeout: float | None = None,
+    ) -> CaptionResult:
+        """Generated Chinese captions of an image (the `n_best` best beams, each with its log-probability) and, with
+        `recommend`, the nearest sentences the captioner was trained on (cosine in the retrieval space). `image` as
+        for `tag`."""
+        request = _calls.caption_request(read_image(image), n_best, recommend)
+        return caption_result_from_proto(self._call(self._caption, request, timeout))
 
     def add_images(self, images: Iterable[Any], *, timeout: float | None = None) -> AddResult:
         """Stream images to the index: each item is `(bytes | path, id, caption, uri)` (trailing fields optional)

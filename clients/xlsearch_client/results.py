@@ -104,6 +104,36 @@ class Stats:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Tag:
+    tag: str  # Chinese tag
+    score: float  # its predicted probability
+    english: tuple[str, ...] = ()  # English counterparts (empty when none is known)
+
+
+@dataclass(frozen=True)
+class TagResult:
+    tags: tuple[Tag, ...]  # best first: the predicted number of tags, or k
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Sentence:
+    text: str  # Chinese
+    score: float  # log-probability (generated captions) or cosine similarity (recommended sentences)
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    captions: tuple[Sentence, ...]  # generated, best beam first
+    recommended: tuple[Sentence, ...] = ()  # nearest known sentences (only when asked for), best first
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 # -- converters ---------------------------------------------------------------------------------------------------
 
 
@@ -129,6 +159,18 @@ def search_result_from_proto(msg: pb.SearchResponse) -> SearchResult:
         index_version=msg.index_version,
         cached=msg.cached,
     )
+
+
+def tag_result_from_proto(msg: pb.TagResponse) -> TagResult:
+    return TagResult(tags=tuple(Tag(t.tag, float32(t.score), tuple(t.english)) for t in msg.tags))
+
+
+def _sentences(msgs: Any) -> tuple[Sentence, ...]:
+    return tuple(Sentence(s.text, float32(s.score)) for s in msgs)
+
+
+def caption_result_from_proto(msg: pb.CaptionResponse) -> CaptionResult:
+    return CaptionResult(captions=_sentences(msg.captions), recommended=_sentences(msg.recommended))
 
 
 def add_result_from_proto(msg: pb.AddImagesResponse) -> AddResult:

@@ -1,5 +1,6 @@
 """Images to upload: `ImageItem` (source bytes or path, id, caption, uri), the AddImages request stream, and the
-CLI's helpers (expand files and folders, read a captions file in the indexer's format)."""
+CLI's helpers (expand files and folders, read a captions file in the indexer's format). Also the image argument of
+`tag` / `caption`: bytes, a path, or `ImageId` (an image already in the index)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,32 @@ class ImageItem:
         path = self.path
         uri = self.uri or (str(path.resolve()) if path is not None else "")
         return pb.AddImageRequest(image_bytes=data, id=self.id, caption=self.caption, uri=uri)
+
+
+@dataclass(frozen=True)
+class ImageId:
+    """An image already in the server's index, named by its id: `client.tag(ImageId("animals/cat.png"))`. (A plain
+    string is a file path.) The server reads the indexed file, so the image must have been indexed with a uri."""
+
+    id: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str):
+            raise TypeError(f"ImageId takes a string, got {type(self.id).__name__}")
+
+
+def read_image(image: ImageSource | ImageId) -> bytes | ImageId:
+    """What to send for the image of a Tag / Caption call: the bytes themselves, a file's bytes, or the id."""
+    if isinstance(image, ImageId):
+        return image
+    if isinstance(image, bytes | bytearray | memoryview):
+        return bytes(image)
+    if isinstance(image, str | os.PathLike):
+        try:
+            return Path(image).read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{os.fspath(image)}: no such file") from None
+    raise TypeError(f"image must be bytes, a file path or an ImageId, got {type(image).__name__}")
 
 
 # Sent instead of the next image when producing it failed here (a missing file, a bad item): the server refuses an
