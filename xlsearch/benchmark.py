@@ -5,6 +5,10 @@ candidates are the test images, each described by its first English sentence. Th
 validation split (grid over [0, 1], step 0.01, maximising MRR) and applied to the test split. CL is reported both in
 the visual space (W2VV zh vs W2VV en) and in the pretrained sentence space (e5 query vs e5 passage: the zero-shot
 peer baseline, untouched by training).
+
+Image-to-text (row "CM i2t"): every test image is a query over the test split's Chinese sentences (the CM scores
+transposed); its relevant items are its own sentences and its rank is that of the best-ranked one. MRR and R@K are
+reported for both directions (the "CM" row is text-to-image).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 from xlsearch.bundle import Bundle
 from xlsearch.fusion import choose_alpha, fuse
 from xlsearch.manifest import Manifest, Record
-from xlsearch.metrics import retrieval_metrics
+from xlsearch.metrics import retrieval_metrics, summarize_ranks
 
 KS = (1, 5, 10)
 
@@ -73,6 +77,31 @@ def _uses_sentence(bundle: Bundle, lang: str) -> bool:
     return bool(bundle.manifest["text_encoders"][lang].get("sentence_dim", 0))
 
 
+def image_to_text_ranks(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """Ranks for image -> sentence retrieval from sentence x image scores [Q, N] and each sentence's image [Q].
+
+    Images with no sentence are not queries. The rank is the expected 1-based position of the first relevant
+    sentence when ties are broken at random: with g non-relevant sentences strictly better, t_n non-relevant and t_r
+    relevant ones tied at the best relevant score, it is g + 1 + t_n / (t_r + 1) (equal to `expected_ranks` when
+    each image has one sentence)."""
+    scores = np.asarray(scores)
+    relevant = np.asarray(relevant, dtype=np.int64)
+    ranks = []
+    for image in np.unique(relevant):
+        column = scores[:, image]
+        is_rel = relevant == image
+        target = column[is_rel].max()
+        better = int((column > target).sum())
+        tied_rel = int((column[is_rel] == target).sum())
+        tied_other = int(((column == target) & ~is_rel).sum())
+        ranks.append(better + 1 + tied_other / (tied_rel + 1))
+    return np.asarray(ranks, dtype=np.float64)
+
+
+def image_to_text_metrics(scores: np.ndarray, relevant: np.ndarray, ks=KS) -> dict[str, float]:
+    return summarize_ranks(image_to_text_ranks(scores, relevant), ks)
+
+
 def evaluate(
     bundle: Bundle, manifest: Manifest, image_vectors: dict[str, np.ndarray], step: float = 0.01
 ) -> dict:
@@ -88,6 +117,7 @@ def evaluate(
 
     rows: dict[str, dict] = {}
     rows["CM"] = retrieval_metrics(test.cm, test_qs.relevant, KS)
+    rows["CM i2t"] = image_to_text_metrics(test.cm, test_qs.relevant, KS)
     spaces = {"visual": (val.cl_visual, test.cl_visual, every.cl_visual)}
     if test.cl_sentence is not None:
         spaces["sentence"] = (val.cl_sentence, test.cl_sentence, every.cl_sentence)

@@ -11,6 +11,7 @@ ROW_LABELS = {
     "CL[sentence]": "CL, e5 zero-shot (peer baseline)",
     "CL[visual]": "CL, W2VV visual space",
     "CM": "CM",
+    "CM i2t": "CM image-to-text (zh sentences)",
     "CLM[visual]": "CLM, CL in visual space",
     "CLM[sentence]": "CLM, CL in e5 space",
     "CM all images": "CM, all images as candidates",

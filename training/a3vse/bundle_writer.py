@@ -1,0 +1,152 @@
+"""Write an A3VSE bundle in the same format as the W2VV bundle (xlsearch/bundle.py), so the indexer, server and
+benchmark load it unchanged:
+
+- image_encoder.onnx: `pixels` -> `embedding` (regions -> FC -> attentive encoder -> L2-normalised, K*H-d) and
+  `feature` (the L2-normalised mean of the region map = the pooled backbone vector),
+- text_encoder_{zh,en}.onnx: `token_ids`, `lengths` -> `embedding`, with vocab_{zh,en}.json,
+- manifest.json with "model_family": "a3vse", the sentence encoder (for CL in the e5 space) and the fusion weight.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime
+import torch
+from torch import Tensor, nn
+
+import xlsearch
+from xlsearch.bundle import read_bundle_manifest, write_bundle_manifest
+from xlsearch.training.a3vse.model import A3VSEImageEncoder, TextEncoder
+from xlsearch.training.a3vse.regions import RegionExtractor
+from xlsearch.training.a3vse.train import A3VSETrainConfig, TrainedA3VSE
+from xlsearch.training.export_image import FEATURE_NAME, OUTPUT_NAME, export_image_encoder
+
+TEXT_INPUTS = ("token_ids", "lengths")
+
+
+class _TextEmbed(nn.Module):
+    def __init__(self, encoder: TextEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, token_ids: Tensor, lengths: Tensor) -> Tensor:
+        return self.encoder(token_ids, lengths)
+
+
+def export_a3vse_text_encoder(encoder: TextEncoder, path: str | Path, opset: int = 17) -> Path:
+    """token_ids [B,T] int64, lengths [B] int64 -> embedding [B,K*H]; dynamic batch and time axes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ids = torch.tensor([[2, 3, 4, 5, 1], [3, 2, 0, 0, 0]], dtype=torch.int64).clamp(
+        max=encoder.vocab_size - 1
+    )
+    lengths = torch.tensor([5, 2], dtype=torch.int64)
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # LSTM/batch_first tracer notices are expected
+            torch.onnx.export(
+                _TextEmbed(encoder),
+                (ids, lengths),
+                str(path),
+                input_names=list(TEXT_INPUTS),
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={
+                    "token_ids": {0: "batch", 1: "time"},
+                    "lengths": {0: "batch"},
+                    OUTPUT_NAME: {0: "batch"},
+                },
+                opset_version=opset,
+                dynamo=False,
+            )
+    finally:
+        encoder.train(was_training)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    return path
+
+
+def write_a3vse_bundle(
+    folder: str | Path,
+    extractor: RegionExtractor,
+    trained: TrainedA3VSE,
+    backbone: dict[str, Any],
+    train_config: A3VSETrainConfig,
+    sentence_encoder: dict[str, Any] | None,
+    fusion: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`backbone` is the backbone dict the extractor was built from ({"kind": "efficientnet_lite0"}, ...)."""
+    folder = Path(folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    pre = extractor.preprocess
+    image_encoder = A3VSEImageEncoder(extractor, trained.visual).eval()
+    export_image_encoder(
+        image_encoder, folder / "image_encoder.onnx", pre.image_size, output_names=(OUTPUT_NAME, FEATURE_NAME)
+    )
+    text_specs = {}
+    for lang, t in trained.text.items():
+        export_a3vse_text_encoder(t.encoder, folder / f"text_encoder_{lang}.onnx")
+        t.vocab.save(folder / f"vocab_{lang}.json")
+        text_specs[lang] = {
+            "file": f"text_encoder_{lang}.onnx",
+            "vocab": f"vocab_{lang}.json",
+            "tokenizer": {"lang": lang},
+            "max_len": train_config.max_len,
+            "sentence_dim": 0,
+            "inputs": list(TEXT_INPUTS),
+            "output": OUTPUT_NAME,
+            "normalized": True,
+            "model_config": {**trained.model_config.to_dict(), "vocab_size": t.encoder.vocab_size},
+            "best_val": t.best,
+        }
+    manifest = {
+        "model_family": "a3vse",
+        "dim": trained.model_config.embed_dim,
+        "metric": "inner_product",
+        "image_encoder": {
+            "file": "image_encoder.onnx",
+            "inputs": ["pixels"],
+            "output": OUTPUT_NAME,
+            "feature_output": FEATURE_NAME,
+            "feature_dim": extractor.dim,
+            "normalized": True,
+            "dim": trained.model_config.embed_dim,
+            "preprocess": pre.to_dict(),
+            "backbone": backbone,
+            "backbone_name": extractor.name,
+            "regions": {"extractor": extractor.name, "count": extractor.num_regions, "dim": extractor.dim},
+        },
+        "text_encoders": text_specs,
+        "sentence_encoder": sentence_encoder,
+        "fusion": fusion,
+        "train_config": train_config.to_dict(),
+        "versions": {
+            "xlsearch": xlsearch.__version__,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+        },
+        **(extra or {}),
+    }
+    return write_bundle_manifest(folder, manifest)
+
+
+def update_bundle_manifest(folder: str | Path, **changes: Any) -> dict[str, Any]:
+    """Change manifest fields (e.g. the fusion chosen on validation) without re-exporting; re-hashes the bundle."""
+    manifest = read_bundle_manifest(folder)
+    for key in ("format", "files", "content_hash"):
+        manifest.pop(key, None)
+    return write_bundle_manifest(folder, {**manifest, **changes})
+
+
+__all__ = ["export_a3vse_text_encoder", "update_bundle_manifest", "write_a3vse_bundle"]

@@ -1,0 +1,26 @@
+"""A3VSE objectives: hardest-negative triplet (Eq. 2-3) and the domain-adversarial loss (Eq. 4)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def hardest_negative_triplet(a: Tensor, b: Tensor, margin: float) -> Tensor:
+    """Eq. 2 for L aligned pairs (a_i, b_i) of L2-normalised vectors (S = cosine = inner product):
+    mean_i [margin - S(a_i,b_i) + max_j!=i S(a_i,b_j)]_+ + [margin - S(a_i,b_i) + max_j!=i S(a_j,b_i)]_+."""
+    scores = a @ b.T
+    positive = scores.diagonal()
+    off = scores.masked_fill(torch.eye(len(scores), dtype=torch.bool, device=scores.device), float("-inf"))
+    hardest_b = off.max(dim=1).values  # for each a_i, the most similar wrong b
+    hardest_a = off.max(dim=0).values  # for each b_i, the most similar wrong a
+    return (F.relu(margin - positive + hardest_b) + F.relu(margin - positive + hardest_a)).mean()
+
+
+def domain_loss(logits_a: Tensor, logits_b: Tensor) -> Tensor:
+    """-Eq. 4: binary cross-entropy of the discriminator with domain A labelled 1 and B labelled 0. Minimising it
+    trains the discriminator; the encoders see it through gradient reversal (so they maximise it)."""
+    return F.binary_cross_entropy_with_logits(
+        logits_a, torch.ones_like(logits_a)
+    ) + F.binary_cross_entropy_with_logits(logits_b, torch.zeros_like(logits_b))

@@ -1,0 +1,78 @@
+"""The sparse-annotation table (Markdown) from the per-run results of the A3VSE experiment."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from xlsearch.metrics import mean_std
+
+FULL, NO_SEMANTICS = "A3VSE full", "A3VSE w/o semantics"
+
+
+def _pm(values: list[float]) -> str:
+    m, s = mean_std(values)
+    return f"{m:.3f} ± {s:.3f}"
+
+
+def _mean(values: list[float]) -> float:
+    return mean_std(values)[0]
+
+
+def group(results: list[dict[str, Any]]) -> dict[float, dict[str, list[dict[str, Any]]]]:
+    out: dict[float, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        out[r["fraction"]][r["variant"]].append(r)
+    return out
+
+
+def sparse_table(results: list[dict[str, Any]]) -> str:
+    head = (
+        "| Annotated | Model | CM MRR | t→i R@1 | t→i R@5 | t→i R@10 | i→t MRR | i→t R@1 | i→t R@5 | i→t R@10 "
+        "| CLM (e5) MRR | seeds |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for fraction, by_variant in sorted(group(results).items()):
+        for name, runs in by_variant.items():
+            t2i = [r["rows"]["CM"] for r in runs]
+            i2t = [r["rows"]["CM i2t"] for r in runs]
+            clm = [r["rows"]["CLM[sentence]"]["mrr"] for r in runs if "CLM[sentence]" in r["rows"]]
+            cells = [_pm([x["mrr"] for x in t2i])]
+            cells += [_pm([x[f"r@{k}"] for x in t2i]) for k in (1, 5, 10)]
+            cells += [_pm([x["mrr"] for x in i2t])]
+            cells += [_pm([x[f"r@{k}"] for x in i2t]) for k in (1, 5, 10)]
+            cells.append(_pm(clm) if clm else "—")
+            lines.append(f"| {fraction:.0%} | {name} | " + " | ".join(cells) + f" | {len(runs)} |")
+    return "\n".join(lines)
+
+
+def acceptance(results: list[dict[str, Any]], fraction: float = 0.2) -> str:
+    by_variant = group(results).get(fraction, {})
+    if FULL not in by_variant or NO_SEMANTICS not in by_variant:
+        return f"(acceptance check needs {FULL!r} and {NO_SEMANTICS!r} at {fraction:.0%})"
+    full = _mean([r["rows"]["CM"]["mrr"] for r in by_variant[FULL]])
+    bare = _mean([r["rows"]["CM"]["mrr"] for r in by_variant[NO_SEMANTICS]])
+    verdict = "beats" if full > bare else "does NOT beat"
+    return (
+        f"At {fraction:.0%} annotations, {FULL} {verdict} {NO_SEMANTICS} on CM MRR "
+        f"(mean over splits {full:.3f} vs {bare:.3f})."
+    )
+
+
+def format_a3vse_results(results: list[dict[str, Any]], coverage_zh: dict[str, float], pool: int) -> str:
+    if not results:
+        return "(no results)"
+    r0 = results[0]
+    seeds = sorted({r["seed"] for r in results})
+    parts = [
+        f"Test split of each seeded Tux Paint split (seeds {','.join(map(str, seeds))}; {r0['queries']} zh queries, "
+        f"{r0['candidates']} candidate images); mean ± std over seeds. t→i: zh sentence -> image (CM), i→t: image "
+        f"-> zh sentence. Extra un-annotated pool: {pool} images; zh concept coverage through CC-CEDICT: "
+        + ", ".join(f"{k} {v:.0%}" for k, v in coverage_zh.items())
+        + ".",
+        "",
+        sparse_table(results),
+        "",
+        acceptance(results),
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,326 @@
+"""A3VSE training (Eq. 9-10): triplet alignment on annotated pairs and image-semantic pairs, plus the six domain
+discriminators trained through gradient reversal, on cached region features.
+
+Each step samples a mini-batch of annotated images (one of their sentences each) and a mini-batch of un-annotated
+images (with their concept sequence). The Chinese model (image encoder + zh text encoder) is trained with the full
+objective; model selection is the epoch with the best validation CM MRR (zh sentence -> image). The English text
+encoder is then trained into the frozen image space with the triplet objective of Eq. 3 (sentences and English
+concept sequences); it serves cross-lingual (CL) matching only.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from xlsearch.metrics import retrieval_metrics
+from xlsearch.text import Vocab, encode_batch
+from xlsearch.training.a3vse.losses import domain_loss, hardest_negative_triplet
+from xlsearch.training.a3vse.model import (
+    A3VSE,
+    DOMAIN_PAIRS,
+    A3VSEModelConfig,
+    TextEncoder,
+    VisualEncoder,
+    grad_reverse,
+    grl_coefficient,
+)
+from xlsearch.training.a3vse.regions import RegionStore
+
+ADVERSARIAL_GROUPS = ("intra", "cross", "trans")
+# Sec. 4.3
+DEFAULT_LAMBDAS = {"v_vu": 0.2, "t_s": 0.1, "v_t": 0.5, "vu_s": 0.5, "v_s": 0.3, "vu_t": 0.3}
+
+
+@dataclass
+class A3VSETrainConfig:
+    """Hyper-parameters (defaults: the paper's Sec. 4.3 where it gives them)."""
+
+    hidden: int = 512
+    heads: int = 3
+    context_dim: int = 512
+    temperature: float = 0.0
+    word_dim: int = 300
+    disc_hidden: int = 256
+    semantics: str = "regional"  # "regional" | "global" | "none" (which concept sequences pair with D^u)
+    adversarial: list[str] = field(default_factory=lambda: list(ADVERSARIAL_GROUPS))
+    lambdas: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LAMBDAS))
+    alpha_vt: float = 0.2
+    alpha_vs: float = 0.3
+    beta: float = 0.8
+    eta: float = 10.0
+    epochs: int = 24
+    lr: float = 5e-4
+    lr_low: float = 5e-5
+    lr_drop_epoch: int = 16
+    weight_decay: float = 1e-6
+    grad_clip: float = 2.0
+    batch_size: int = 128
+    unannotated_batch_size: int = 128
+    steps_per_epoch: int = 0  # 0: one pass over the annotated images
+    max_len: int = 32
+    min_count: int = 1
+    en_epochs: int = 10
+
+    def __post_init__(self) -> None:
+        unknown = set(self.adversarial) - set(ADVERSARIAL_GROUPS)
+        if unknown:
+            raise ValueError(f"unknown adversarial groups {sorted(unknown)}; expected {ADVERSARIAL_GROUPS}")
+        if self.semantics not in ("regional", "global", "none"):
+            raise ValueError(f"semantics must be regional, global or none, got {self.semantics!r}")
+
+    def model_config(self, region_dim: int) -> A3VSEModelConfig:
+        return A3VSEModelConfig(
+            region_dim=region_dim,
+            hidden=self.hidden,
+            heads=self.heads,
+            context_dim=self.context_dim,
+            temperature=self.temperature,
+            word_dim=self.word_dim,
+            disc_hidden=self.disc_hidden,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> A3VSETrainConfig:
+        return cls(**d)
+
+
+@dataclass
+class Annotated:
+    """Annotated images: region-store rows and the tokenised sentences of each image (one language)."""
+
+    rows: np.ndarray
+    sentences: list[list[list[str]]]
+
+
+@dataclass
+class Unannotated:
+    """Un-annotated images: region-store rows and one tokenised concept sequence per image (may be empty)."""
+
+    rows: np.ndarray
+    semantics: list[list[str]]
+
+
+@dataclass
+class Queries:
+    """Validation/test retrieval: sentences (tokens), candidate image rows, and each query's candidate index."""
+
+    tokens: list[list[str]]
+    rows: np.ndarray
+    relevant: np.ndarray
+
+
+@dataclass
+class TrainedText:
+    encoder: TextEncoder
+    vocab: Vocab
+    best: dict
+    history: list[dict]
+
+
+@dataclass
+class TrainedA3VSE:
+    model_config: A3VSEModelConfig
+    visual: VisualEncoder
+    text: dict[str, TrainedText]
+
+
+def build_vocab(annotated: Annotated, unannotated: Unannotated | None, min_count: int) -> Vocab:
+    tokens = [s for sents in annotated.sentences for s in sents]
+    if unannotated is not None:
+        tokens += [s for s in unannotated.semantics if s]
+    return Vocab.build(tokens, min_count=min_count)
+
+
+def _text(encoder: TextEncoder, vocab: Vocab, tokens: list[list[str]], max_len: int) -> Tensor:
+    ids, lengths = encode_batch(tokens, vocab, max_len)
+    return encoder(torch.from_numpy(ids), torch.from_numpy(lengths))
+
+
+def embed_images(visual: VisualEncoder, store: RegionStore, rows: np.ndarray, batch: int = 128) -> np.ndarray:
+    visual.eval()
+    with torch.no_grad():
+        parts = [visual(store.take(rows[i : i + batch])).numpy() for i in range(0, len(rows), batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def embed_texts(encoder: TextEncoder, vocab: Vocab, tokens: list[list[str]], max_len: int) -> np.ndarray:
+    encoder.eval()
+    with torch.no_grad():
+        parts = [
+            _text(encoder, vocab, tokens[i : i + 256], max_len).numpy() for i in range(0, len(tokens), 256)
+        ]
+    return np.concatenate(parts)
+
+
+def _val_mrr(image_vecs: np.ndarray, text_vecs: np.ndarray, q: Queries) -> dict[str, float]:
+    return retrieval_metrics(text_vecs @ image_vecs.T, q.relevant)
+
+
+def _semantic_pairs(un: Unannotated | None) -> Unannotated | None:
+    """The un-annotated images that have a non-empty concept sequence."""
+    if un is None:
+        return None
+    keep = [i for i, s in enumerate(un.semantics) if s]
+    return Unannotated(un.rows[keep], [un.semantics[i] for i in keep])
+
+
+def train_a3vse(
+    cfg: A3VSETrainConfig,
+    store: RegionStore,
+    annotated: Annotated,
+    unannotated: Unannotated | None,
+    val: Queries,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[A3VSE, TrainedText]:
+    """Train G^v and one language's G^t with Eq. 9. `unannotated.semantics` is ignored when cfg.semantics is
+    "none" (the un-annotated images then only enter the adversarial terms that need no text)."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    rng = np.random.default_rng(seed)
+    use_sem = cfg.semantics != "none" and unannotated is not None
+    sem = _semantic_pairs(unannotated) if use_sem else None
+    vocab = build_vocab(annotated, sem, cfg.min_count)
+    mcfg = cfg.model_config(store.regions.shape[2])
+    model = A3VSE(mcfg, len(vocab))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n_l = len(annotated.rows)
+    b_l = min(cfg.batch_size, n_l)
+    pool = sem if use_sem else unannotated
+    b_u = min(cfg.unannotated_batch_size, len(pool.rows)) if pool is not None else 0
+    steps = cfg.steps_per_epoch or max(1, -(-n_l // b_l))
+    total_steps = steps * cfg.epochs
+    groups = set(cfg.adversarial)
+    history: list[dict] = []
+    best: dict = {"mrr": -1.0}
+    best_state = None
+    bar = tqdm(range(cfg.epochs), desc="a3vse", disable=not progress, leave=False)
+    order_l: list[int] = []
+    order_u: list[int] = []
+    for epoch in bar:
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr if epoch < cfg.lr_drop_epoch else cfg.lr_low
+        model.train()
+        totals: dict[str, float] = {}
+        for step in range(steps):
+            gamma = grl_coefficient((epoch * steps + step) / max(total_steps - 1, 1), cfg.eta)
+            if len(order_l) < b_l:
+                order_l += rng.permutation(n_l).tolist()
+            idx, order_l = order_l[:b_l], order_l[b_l:]
+            sentences = [annotated.sentences[i][rng.integers(len(annotated.sentences[i]))] for i in idx]
+            gv = model.visual(store.take(annotated.rows[idx]))
+            gt = _text(model.text, vocab, sentences, cfg.max_len)
+            tri_vt = hardest_negative_triplet(gv, gt, cfg.alpha_vt)
+            domains = {"v": gv, "t": gt}
+            parts = {"tri_vt": tri_vt}
+            loss = tri_vt
+            if pool is not None and b_u >= 2:
+                if len(order_u) < b_u:
+                    order_u += rng.permutation(len(pool.rows)).tolist()
+                uidx, order_u = order_u[:b_u], order_u[b_u:]
+                domains["vu"] = model.visual(store.take(pool.rows[uidx]))
+                if use_sem:
+                    domains["s"] = _text(model.text, vocab, [pool.semantics[i] for i in uidx], cfg.max_len)
+                    tri_vs = hardest_negative_triplet(domains["vu"], domains["s"], cfg.alpha_vs)
+                    parts["tri_vs"] = tri_vs
+                    loss = cfg.beta * tri_vt + (1 - cfg.beta) * tri_vs
+            for name, a, b, group in DOMAIN_PAIRS:
+                if group in groups and a in domains and b in domains:
+                    d = model.discriminators[name]
+                    adv = domain_loss(d(grad_reverse(domains[a], gamma)), d(grad_reverse(domains[b], gamma)))
+                    parts[f"d_{name}"] = adv
+                    loss = loss + cfg.lambdas[name] * adv
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + v.item() / steps
+        m = _val_mrr(
+            embed_images(model.visual, store, val.rows),
+            embed_texts(model.text, vocab, val.tokens, cfg.max_len),
+            val,
+        )
+        history.append({"epoch": epoch, **{k: round(v, 4) for k, v in totals.items()}, **m})
+        if m["mrr"] > best["mrr"]:
+            best = {"epoch": epoch, **m}
+            best_state = copy.deepcopy(model.state_dict())
+        bar.set_postfix(val_mrr=f"{m['mrr']:.3f}", best=f"{best['mrr']:.3f}")
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    return model, TrainedText(model.text, vocab, best, history)
+
+
+def train_text_into(
+    cfg: A3VSETrainConfig,
+    visual: VisualEncoder,
+    store: RegionStore,
+    annotated: Annotated,
+    unannotated: Unannotated | None,
+    val: Queries,
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainedText:
+    """A text encoder trained into the frozen image space of `visual` (Eq. 3, triplet terms only); the image
+    embeddings are computed once."""
+    torch.manual_seed(seed + 1)
+    rng = np.random.default_rng(seed + 1)
+    use_sem = cfg.semantics != "none" and unannotated is not None
+    sem = _semantic_pairs(unannotated) if use_sem else None
+    vocab = build_vocab(annotated, sem, cfg.min_count)
+    mcfg = A3VSEModelConfig.from_dict({**cfg.to_dict(), "region_dim": store.regions.shape[2]})
+    encoder = TextEncoder(mcfg, len(vocab))
+    opt = torch.optim.Adam(encoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    img_l = torch.from_numpy(embed_images(visual, store, annotated.rows))
+    img_u = torch.from_numpy(embed_images(visual, store, sem.rows)) if sem is not None else None
+    val_img = embed_images(visual, store, val.rows)
+    n_l = len(annotated.rows)
+    b_l = min(cfg.batch_size, n_l)
+    b_u = min(cfg.unannotated_batch_size, len(sem.rows)) if sem is not None else 0
+    steps = cfg.steps_per_epoch or max(1, -(-n_l // b_l))
+    best: dict = {"mrr": -1.0}
+    best_state = None
+    history: list[dict] = []
+    for epoch in tqdm(range(cfg.en_epochs), desc="text", disable=not progress, leave=False):
+        for g in opt.param_groups:
+            g["lr"] = (
+                cfg.lr if epoch < cfg.lr_drop_epoch * cfg.en_epochs // max(cfg.epochs, 1) else cfg.lr_low
+            )
+        encoder.train()
+        for _ in range(steps):
+            idx = rng.choice(n_l, b_l, replace=False)
+            sentences = [annotated.sentences[i][rng.integers(len(annotated.sentences[i]))] for i in idx]
+            loss = hardest_negative_triplet(
+                img_l[idx], _text(encoder, vocab, sentences, cfg.max_len), cfg.alpha_vt
+            )
+            if sem is not None and img_u is not None and b_u >= 2:
+                uidx = rng.choice(len(sem.rows), b_u, replace=False)
+                s = _text(encoder, vocab, [sem.semantics[i] for i in uidx], cfg.max_len)
+                loss = cfg.beta * loss + (1 - cfg.beta) * hardest_negative_triplet(
+                    img_u[uidx], s, cfg.alpha_vs
+                )
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(encoder.parameters(), cfg.grad_clip)
+            opt.step()
+        m = _val_mrr(val_img, embed_texts(encoder, vocab, val.tokens, cfg.max_len), val)
+        history.append({"epoch": epoch, **m})
+        if m["mrr"] > best["mrr"]:
+            best = {"epoch": epoch, **m}
+            best_state = copy.deepcopy(encoder.state_dict())
+    assert best_state is not None
+    encoder.load_state_dict(best_state)
+    encoder.eval()
+    return TrainedText(encoder, vocab, best, history)
