@@ -301,8 +301,19 @@ class ImageTags:
     en: dict[str, list[str]]
 
 
+_SHARED: list[ChineseTagExtractor] = []
+
+
+def shared_extractor() -> ChineseTagExtractor:
+    """One process-wide extractor (jieba's dictionary takes a second or more to load)."""
+    with _JIEBA_LOCK:
+        if not _SHARED:
+            _SHARED.append(ChineseTagExtractor())
+    return _SHARED[0]
+
+
 def extract_image_tags(records: Sequence[Record], extractor: ChineseTagExtractor | None = None) -> ImageTags:
-    extractor = extractor or ChineseTagExtractor()
+    extractor = extractor or shared_extractor()
     return ImageTags(
         zh={r.id: image_tags_zh(r, extractor) for r in records},
         en={r.id: image_tags_en(r) for r in records},
@@ -336,7 +347,7 @@ def build_vocabularies(
     zh_entries = []
     for z in zh_tags:
         dice = sorted(
-            ((e, 2.0 * c / (zh_counts[z] + en_counts[e])) for e, c in pair_counts[z].items()),
+            ((e, round(2.0 * c / (zh_counts[z] + en_counts[e]), 4)) for e, c in pair_counts[z].items()),
             key=lambda item: (-item[1], -en_counts[item[0]], item[0]),
         )[: config.counterparts]
         zh_entries.append(TagEntry(z, zh_counts[z], dice[0][0] if dice else "", tuple(dice)))
