@@ -10,11 +10,11 @@ import pytest
 from xlsearch.manifest import read_manifest
 from xlsearch.tag_vocab import (
     ChineseTagExtractor,
-    shared_extractor,
     TagVocabConfig,
     TagVocabulary,
     english_sentence_tags,
     lemmatize,
+    shared_extractor,
     vocabularies_for,
 )
 
