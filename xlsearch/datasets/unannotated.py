@@ -18,6 +18,7 @@ import json
 import os
 import random
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +69,8 @@ def folder_images(folder: Path, name: str | None = None) -> list[Candidate]:
     ]
 
 
-def _flatten(path: Path, short_side: int) -> Image.Image | None:
-    """RGB on white, shorter side <= short_side; None when unreadable or nothing visible."""
+def _flatten(path: Path, short_side: int, max_pixels: int) -> Image.Image | None:
+    """RGB on white, shorter side <= short_side; None when unreadable, too large or nothing visible."""
     try:
         if path.suffix.lower() == ".svg":
             from xlsearch.datasets.tuxpaint import render_svg
@@ -77,6 +78,8 @@ def _flatten(path: Path, short_side: int) -> Image.Image | None:
             img = render_svg(path, size=max(512, short_side * 2))
         else:
             img = Image.open(path)
+            if img.width * img.height > max_pixels:  # some clip-art PNGs are posters of 100+ megapixels
+                return None
             img.load()
     except Exception:  # noqa: BLE001 - any decoder/renderer failure just skips the image
         return None
@@ -100,6 +103,8 @@ def build_pool(
     cap: int | None = None,
     seed: int = 0,
     short_side: int = 256,
+    max_pixels: int = 16_000_000,
+    workers: int = 2,
     progress: bool = True,
 ) -> Manifest:
     """Write the un-annotated pool manifest at `out`: every non-`fill` candidate, then a seeded sample of the `fill`
@@ -110,20 +115,28 @@ def build_pool(
     room = len(fill) if cap is None else max(0, cap - len(chosen))
     chosen += random.Random(seed).sample(fill, min(room, len(fill)))
     chosen.sort(key=lambda c: c.id)
-    records, skipped = [], []
-    for cand in tqdm(chosen, desc="un-annotated pool", unit="img", disable=not progress):
+
+    def materialise(cand: Candidate) -> Record | None:
         rel = Path("images") / f"{cand.id}.png"
         target = out / rel
         if not target.exists():
-            img = _flatten(cand.source, short_side)
+            img = _flatten(cand.source, short_side, max_pixels)
             if img is None:
-                skipped.append(cand.id)
-                continue
+                return None
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.tmp")
             img.save(tmp, format="PNG")
             os.replace(tmp, target)
-        records.append(Record(id=cand.id, image=rel.as_posix(), split="train"))
+        return Record(id=cand.id, image=rel.as_posix(), split="train")
+
+    records, skipped = [], []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        done = pool.map(materialise, chosen)
+        for cand, rec in tqdm(zip(chosen, done), total=len(chosen), desc="un-annotated pool", disable=not progress):
+            if rec is None:
+                skipped.append(cand.id)
+            else:
+                records.append(rec)
     write_manifest(out, records)
     report = {
         "candidates": len(candidates),

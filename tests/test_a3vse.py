@@ -1,0 +1,243 @@
+"""A3VSE: attention and masking, gradient reversal, the hardest-negative triplet, ONNX parity, and a one-epoch run of
+the experiment CLI on a tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from xlsearch.benchmark import image_to_text_ranks
+from xlsearch.bundle import Bundle, read_bundle_manifest
+from xlsearch.manifest import Record, read_manifest, write_manifest
+from xlsearch.onnx_runtime import make_session
+from xlsearch.training.a3vse.bundle_writer import export_a3vse_text_encoder
+from xlsearch.training.a3vse.losses import domain_loss, hardest_negative_triplet
+from xlsearch.training.a3vse.model import (
+    A3VSEImageEncoder,
+    A3VSEModelConfig,
+    AttentiveEncoder,
+    DomainDiscriminator,
+    TextEncoder,
+    VisualEncoder,
+    grad_reverse,
+    grl_coefficient,
+)
+from xlsearch.training.a3vse.regions import build_region_extractor
+from xlsearch.training.export_image import FEATURE_NAME, OUTPUT_NAME, compare_with_onnx, export_image_encoder
+
+TINY = A3VSEModelConfig(region_dim=1280, hidden=16, heads=3, context_dim=8, word_dim=8, disc_hidden=8)
+
+
+# -- attention --------------------------------------------------------------------------------------------------
+def test_attention_shapes_and_padded_entries_get_no_weight():
+    torch.manual_seed(0)
+    att = AttentiveEncoder(hidden=8, heads=3, context_dim=4, lam=1.0)
+    x = torch.randn(2, 5, 8)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    out, w = att(x, mask)
+    assert out.shape == (2, 3 * 8) and w.shape == (2, 3, 5)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 3))
+    assert torch.all(w[1, :, 2:] == 0)
+    # padded entries change neither the context nor the output
+    x2 = x.clone()
+    x2[1, 2:] = 100 * torch.randn(3, 8)
+    torch.testing.assert_close(att(x2, mask)[0], out)
+    # each head's output is a convex combination of the (valid) entries
+    torch.testing.assert_close(out[1].view(3, 8), w[1, :, :2] @ x[1, :2])
+
+
+def test_text_encoder_ignores_whatever_follows_the_length():
+    torch.manual_seed(0)
+    enc = TextEncoder(TINY, vocab_size=20).eval()
+    ids = torch.tensor([[4, 5, 6, 0, 0], [4, 5, 6, 9, 11]])
+    lengths = torch.tensor([3, 3])
+    with torch.no_grad():
+        out = enc(ids, lengths)
+    assert out.shape == (2, TINY.embed_dim)
+    torch.testing.assert_close(out[0], out[1])
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
+
+
+# -- gradient reversal -------------------------------------------------------------------------------------------
+def test_encoder_gradient_from_a_discriminator_loss_is_reversed_and_scaled():
+    torch.manual_seed(0)
+    disc = DomainDiscriminator(6, 4)
+    a0, b0 = torch.randn(4, 6), torch.randn(4, 6)
+
+    def grads(coeff: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = a0.clone().requires_grad_(), b0.clone().requires_grad_()
+        disc.zero_grad()
+        fa, fb = (a, b) if coeff is None else (grad_reverse(a, coeff), grad_reverse(b, coeff))
+        domain_loss(disc(fa), disc(fb)).backward()
+        return a.grad, disc.net[0].weight.grad.clone()
+
+    plain, d_plain = grads(None)
+    reversed_, d_rev = grads(0.5)
+    assert plain.abs().sum() > 0
+    torch.testing.assert_close(reversed_, -0.5 * plain)
+    torch.testing.assert_close(d_rev, d_plain)  # the discriminator itself still minimises its loss
+    assert grl_coefficient(0.0) == 0.0
+    assert grl_coefficient(1.0) == pytest.approx(2 / (1 + np.exp(-10)) - 1)
+    assert 0 < grl_coefficient(0.1) < grl_coefficient(0.5) < 1
+
+
+# -- triplet -----------------------------------------------------------------------------------------------------
+def test_hardest_negative_triplet_on_a_hand_made_batch():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    # S = [[1, .6], [0, .8]]; i=0: [.5-1+.6]+ + [.5-1+0]+ = .1 ; i=1: [.5-.8+0]+ + [.5-.8+.6]+ = .3
+    assert hardest_negative_triplet(a, b, 0.5).item() == pytest.approx(0.2)
+    assert hardest_negative_triplet(a, b, 0.2).item() == 0.0
+    # only the hardest negative counts: a third, easy pair adds only its own violations
+    a3 = torch.cat([a, torch.tensor([[-1.0, 0.0]])])
+    b3 = torch.cat([b, torch.tensor([[-1.0, 0.0]])])
+    # S row/col 2 against the others is -1 / -0.6 / 0 / -0.8: no new hardest negatives for i = 0, 1
+    expected = (0.1 + 0.3 + max(0, 0.5 - 1 + 0) + max(0, 0.5 - 1 + 0)) / 3
+    assert hardest_negative_triplet(a3, b3, 0.5).item() == pytest.approx(expected)
+
+
+def test_image_to_text_ranks_take_the_best_relevant_sentence():
+    scores = np.array([[0.9, 0.1], [0.2, 0.3], [0.5, 0.4]])  # 3 sentences x 2 images
+    relevant = np.array([0, 1, 1])  # sentences 1 and 2 describe image 1
+    # image 0: its sentence scores 0.9, the others 0.2 and 0.5 -> rank 1; image 1: column [0.1, 0.3, 0.4], its best
+    # sentence (0.4) is first
+    np.testing.assert_allclose(image_to_text_ranks(scores, relevant), [1.0, 1.0])
+    scores[0, 1] = 0.7
+    np.testing.assert_allclose(image_to_text_ranks(scores, relevant), [1.0, 2.0])
+
+
+# -- ONNX parity -------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def extractor():
+    return build_region_extractor({"kind": "efficientnet_lite0"})
+
+
+def test_image_encoder_onnx_parity_and_feature_is_the_pooled_backbone(extractor, tmp_path):
+    torch.manual_seed(0)
+    enc = A3VSEImageEncoder(extractor, VisualEncoder(TINY)).eval()
+    path = export_image_encoder(enc, tmp_path / "image.onnx", 224, output_names=(OUTPUT_NAME, FEATURE_NAME))
+    pixels = torch.randn(3, 3, 224, 224)
+    assert compare_with_onnx(enc, path, pixels) < 1e-4
+    emb, feat = make_session(path).run(None, {"pixels": pixels[:1].numpy()})
+    assert emb.shape == (1, TINY.embed_dim) and feat.shape == (1, 1280)
+    with torch.no_grad():
+        pooled = F.normalize(extractor.backbone(pixels[:1]), dim=1).numpy()
+    np.testing.assert_allclose(feat, pooled, atol=1e-5)
+    assert extractor.num_regions == 49
+
+
+def test_text_encoder_onnx_parity_over_batch_and_length(tmp_path):
+    torch.manual_seed(0)
+    enc = TextEncoder(TINY, vocab_size=30).eval()
+    path = export_a3vse_text_encoder(enc, tmp_path / "text.onnx")
+    session = make_session(path)
+    ids = torch.tensor([[3, 4, 5, 6, 7, 8, 9], [10, 11, 0, 0, 0, 0, 0], [12, 0, 0, 0, 0, 0, 0]])
+    lengths = torch.tensor([7, 2, 1])
+    got = session.run(None, {"token_ids": ids.numpy(), "lengths": lengths.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, enc(ids, lengths).numpy(), atol=1e-5)
+
+
+# -- one epoch through the experiment CLI on a synthetic dataset ------------------------------------------------
+COLOURS = {"red": ("红色", (220, 30, 30)), "blue": ("蓝色", (30, 30, 220)), "green": ("绿色", (30, 180, 30))}
+SHAPES = {"circle": "圆圈", "square": "方块"}
+
+
+def _draw(shape: str, rgb: tuple[int, int, int], n: int) -> Image.Image:
+    img = Image.new("RGBA", (96, 96), (255, 255, 255, 0))
+    d = ImageDraw.Draw(img)
+    box = (10 + n % 7, 12 + n % 5, 80 - n % 3, 84 - n % 4)
+    (d.ellipse if shape == "circle" else d.rectangle)(box, fill=(*rgb, 255))
+    return img
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("a3vse-data")
+    data, pool = root / "data", root / "pool-src"
+    (data / "images").mkdir(parents=True)
+    pool.mkdir()
+    records = []
+    n = 0
+    for colour, (zh_colour, rgb) in COLOURS.items():
+        for shape, zh_shape in SHAPES.items():
+            for k in range(5):
+                _draw(shape, rgb, n).save(data / "images" / f"{n}.png")
+                split = ("train", "train", "train", "val", "test")[k]
+                records.append(
+                    Record(
+                        f"{n}",
+                        f"images/{n}.png",
+                        split,
+                        [f"A {colour} {shape}."],
+                        [f"{zh_colour}{zh_shape}。"],
+                    )
+                )
+                n += 1
+    write_manifest(data, records)
+    for k in range(6):
+        _draw("circle" if k % 2 else "square", (40 * k, 200 - 30 * k, 90), k).save(pool / f"extra{k}.png")
+    return data, pool
+
+
+def test_experiment_cli_trains_benchmarks_and_resumes(synthetic, tmp_path):
+    from xlsearch.training.a3vse.cli import DEFAULT_CONFIG, main
+
+    data, pool_src = synthetic
+    config = json.loads(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    config.update(
+        sentence_encoder=None,
+        pool={"tuxpaint_stamps": None, "folders": [str(pool_src)], "cap": 4},
+        fractions={"0.5": ["A3VSE w/o semantics", "A3VSE full"]},
+        serve_fraction=0.5,
+    )
+    config["train"] = {
+        "hidden": 16, "heads": 3, "context_dim": 8, "word_dim": 8, "disc_hidden": 8, "epochs": 1,
+        "steps_per_epoch": 2, "batch_size": 4, "unannotated_batch_size": 4, "en_epochs": 1,
+    }  # fmt: skip
+    cfg_path = tmp_path / "a3vse.json"
+    cfg_path.write_text(json.dumps(config), encoding="utf-8")
+    runs = tmp_path / "runs"
+    argv = [
+        "--data",
+        str(data),
+        "--runs",
+        str(runs),
+        "--config",
+        str(cfg_path),
+        "--seeds",
+        "0",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+
+    results = json.loads((runs / "results.json").read_text(encoding="utf-8"))
+    assert [r["variant"] for r in results] == ["A3VSE w/o semantics", "A3VSE full"]
+    n_train = len(read_manifest(runs / "splits" / "seed0").split("train"))
+    for r in results:
+        assert r["fraction"] == 0.5 and r["annotated_images"] == round(0.5 * n_train)
+        assert r["unannotated_images"] == n_train - round(0.5 * n_train) + 4  # the rest plus the capped pool
+        for row in ("CM", "CM i2t", "CLM[visual]"):
+            assert {"mrr", "r@1", "r@5", "r@10"} <= set(r["rows"][row])
+    assert results[0]["semantic_pairs"] == 0 and results[1]["semantic_pairs"] > 0
+    table = (runs / "a3vse.md").read_text(encoding="utf-8")
+    assert "| 50% | A3VSE full |" in table and "i→t R@1" in table
+
+    manifest = read_bundle_manifest(runs / "bundle")
+    assert manifest["model_family"] == "a3vse"
+    assert manifest["image_encoder"]["feature_output"] == "feature" and manifest["dim"] == 48
+    assert 0.0 <= manifest["fusion"]["alpha"] <= 1.0
+    bundle = Bundle(runs / "bundle")
+    assert bundle.encode_texts(["红色圆圈"], "zh").shape == (1, 48)
+    assert len(read_manifest(runs / "splits" / "seed0")) == 30
+
+    result_file = runs / "seed0" / "ann50" / "a3vse-full" / "result.json"
+    before = result_file.stat().st_mtime_ns
+    assert main(argv) == 0  # resumes: nothing is retrained
+    assert result_file.stat().st_mtime_ns == before
