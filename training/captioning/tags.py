@@ -1,0 +1,78 @@
+"""Tag inputs for "captioning with tags" (COCO-CN Table XIII): a bag-of-tags vector next to the image vector.
+
+Training images use their true tags (the tag vocabulary of ``xlsearch.tag_vocab``: manual tags plus the content
+words of the image's Chinese sentences, restricted to tags seen in at least ``min_count`` training images).
+Validation and test images use *predicted* tags, never their own sentences: until a trained tagger is wired in
+here, a nearest-neighbour vote over the training images' features (``KnnTagPredictor``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from xlsearch.manifest import Manifest
+from xlsearch.tag_vocab import TagVocabConfig, vocabularies_for
+
+
+def _l2n(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass
+class KnnTagPredictor:
+    """Tags of the ``neighbours`` nearest training images (cosine on image features), votes weighted by similarity;
+    returns the ``per_image`` best (the median number of tags of a training image)."""
+
+    train_ids: list[str]
+    train_tags: dict[str, list[str]]
+    train_features: np.ndarray  # [N,F], L2-normalised
+    neighbours: int
+    per_image: int
+
+    @classmethod
+    def fit(cls, train_tags: dict[str, list[str]], features: dict[str, np.ndarray], neighbours: int = 10):
+        ids = sorted(train_tags)
+        per_image = max(1, int(np.median([len(train_tags[i]) for i in ids])))
+        feats = _l2n(np.stack([features[i] for i in ids]).astype(np.float32))
+        return cls(ids, train_tags, feats, neighbours, per_image)
+
+    def predict(self, features: np.ndarray) -> list[list[str]]:
+        sims = _l2n(np.asarray(features, dtype=np.float32)) @ self.train_features.T
+        out = []
+        for row in sims:
+            votes: Counter[str] = Counter()
+            for j in np.argsort(-row, kind="stable")[: self.neighbours]:
+                for tag in self.train_tags[self.train_ids[j]]:
+                    votes[tag] += float(row[j])
+            ranked = sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))
+            out.append([tag for tag, _ in ranked[: self.per_image]])
+        return out
+
+
+@dataclass
+class TagInputs:
+    vocab: list[str]
+    true_tags: dict[str, list[str]]  # training images only
+    predictor: KnnTagPredictor
+    source: str  # how test tags are obtained, for the report
+
+    @classmethod
+    def build(
+        cls, manifest: Manifest, features: dict[str, np.ndarray], min_count: int = 2, neighbours: int = 10
+    ) -> TagInputs:
+        zh_vocab, _, image_tags = vocabularies_for(manifest, TagVocabConfig(zh_min_count=min_count))
+        train = {r.id: zh_vocab.restrict(image_tags.zh[r.id]) for r in manifest.split("train")}
+        predictor = KnnTagPredictor.fit(train, features, neighbours)
+        return cls(list(zh_vocab.tags), train, predictor, f"kNN vote of {neighbours} training images")
+
+    def bag(self, tag_lists: list[list[str]]) -> np.ndarray:
+        index = {t: i for i, t in enumerate(self.vocab)}
+        out = np.zeros((len(tag_lists), len(self.vocab)), dtype=np.float32)
+        for row, tags in enumerate(tag_lists):
+            for tag in tags:
+                if tag in index:
+                    out[row, index[tag]] = 1.0
+        return out
