@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from xlsearch.bundle import Bundle
-from xlsearch.caption_metrics import METRICS, score_captions
+from xlsearch.caption_metrics import METRICS, score_captions, segment
 from xlsearch.gallery import GalleryItem, write_gallery
 from xlsearch.manifest import Manifest, read_manifest, resplit_manifest
 from xlsearch.preprocess import load_image
@@ -68,6 +68,31 @@ def split_data(
     if "tags" in strategies:
         data.tags = TagInputs.build(manifest, features, cfg.tag_min_count, cfg.tag_neighbours)
     return data
+
+
+def exact_match(refs: dict[str, list[str]], hyps: dict[str, str]) -> float:
+    """Share of images whose sentence equals one of its references (after segmentation)."""
+    hits = sum(tuple(segment(hyps[i])) in {tuple(segment(r)) for r in refs[i]} for i in refs)
+    return hits / max(len(refs), 1)
+
+
+def data_stats(split: Manifest) -> dict[str, float]:
+    """What the test split asks of a generator that only knows the training sentences."""
+    train = [tuple(segment(s)) for r in split.split("train") for s in r.zh]
+    known_sentences, known_words = set(train), {w for t in train for w in t}
+    test = manifest_sentences(split, "test", "zh")
+    refs = [[tuple(segment(s)) for s in v] for v in test.values()]
+    words = [w for rs in refs for r in rs for w in r]
+    return {
+        "train_images": len(split.split("train")),
+        "test_images": len(test),
+        "test_reference_in_training_sentences": sum(any(r in known_sentences for r in rs) for rs in refs)
+        / max(len(refs), 1),
+        "test_reference_words_unseen_in_training": sum(w not in known_words for w in words)
+        / max(len(words), 1),
+        "mean_reference_words": len(words) / max(sum(len(rs) for rs in refs), 1),
+        "references_per_image": sum(len(rs) for rs in refs) / max(len(refs), 1),
+    }
 
 
 def training_pool(manifest: Manifest) -> list[str]:
@@ -149,13 +174,13 @@ def _fmt(values: list[float]) -> str:
 
 def format_table(results: list[dict[str, Any]], strategies: list[str]) -> str:
     seeds = sorted({r["seed"] for r in results})
-    head = "| Training | " + " | ".join(METRICS) + " | val CIDEr-D |"
+    head = "| Training | " + " | ".join(METRICS) + " | exact match % | val CIDEr-D |"
     lines = [
         f"Tux Paint test splits, seeds {','.join(map(str, seeds))}: mean ± std over splits, scores x100, "
         "jieba-segmented, beam 3.",
         "",
         head,
-        "|" + " --- |" * (len(METRICS) + 2),
+        "|" + " --- |" * (len(METRICS) + 3),
     ]
     for strategy in [*strategies, NN]:
         rows = [r for r in results if r["strategy"] == strategy]
@@ -163,7 +188,21 @@ def format_table(results: list[dict[str, Any]], strategies: list[str]) -> str:
             continue
         cells = [_fmt([r["test"][m] for r in rows]) for m in METRICS]
         val = _fmt([r["val_cider"] for r in rows]) if all("val_cider" in r for r in rows) else "-"
-        lines.append(f"| {LABELS[strategy]} | " + " | ".join(cells) + f" | {val} |")
+        exact = _fmt([r["exact_match"] for r in rows])
+        lines.append(f"| {LABELS[strategy]} | " + " | ".join(cells) + f" | {exact} | {val} |")
+    stats = [r["data"] for r in results if r["strategy"] == NN and "data" in r]
+    if stats:
+        mean = {k: float(np.mean([d[k] for d in stats])) for k in stats[0]}
+        lines += [
+            "",
+            f"Data (mean over splits): {mean['train_images']:.0f} training / {mean['test_images']:.0f} test images, "
+            f"{mean['references_per_image']:.1f} reference(s) per test image of {mean['mean_reference_words']:.1f} "
+            "words on average; "
+            f"{100 * mean['test_reference_in_training_sentences']:.1f}% of test images have a reference that occurs "
+            f"verbatim among the training sentences; {100 * mean['test_reference_words_unseen_in_training']:.1f}% "
+            "of the test reference words never occur in a training sentence (no generator trained here can "
+            "produce them).",
+        ]
     return "\n".join(lines)
 
 
@@ -236,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                     "seed": seed,
                     "val_cider": trained.val_cider,
                     "test": Evaluator(test, features, "zh").scores(sentences),
+                    "exact_match": exact_match(test, sentences),
                     "train_seconds": round(time.time() - t0, 1),
                     "vocab_size": len(trained.vocab),
                     "history": trained.history,
@@ -266,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                     "seed": seed,
                     "bundle": str(bundle.folder),
                     "test": score_captions(test, top1),
+                    "exact_match": exact_match(test, top1),
+                    "data": data_stats(split),
                     "recommendations": recs,
                 }
                 path.parent.mkdir(parents=True, exist_ok=True)
