@@ -324,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the table from the runs finished so far; train nothing",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     progress = not args.no_progress
@@ -345,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     sentence_spec = config.get("sentence_encoder")
     sentence_cache = (Path(args.cache_root) if args.cache_root else runs) / "cache" / "sentences"
 
+    if args.report_only:
+        return write_report(runs, config, _finished(runs, plan, seeds), None, None, seeds)
     manifest = ensure_dataset(data, None)
     print("[2/4] regions, un-annotated pool, semantics")
     prep = prepare(
@@ -363,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             split = read_manifest(split_dir)
             keep = annotated_subset(split, float(fraction), seed)
             for name in names:
-                out = runs / f"seed{seed}" / f"ann{round(float(fraction) * 100)}" / slug(name)
+                out = _run_dir(runs, seed, fraction, name)
                 path = out / "result.json"
                 if path.exists():
                     results.append(json.loads(path.read_text()))
@@ -391,21 +398,54 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     print("[4/4] report")
+    return write_report(runs, config, results, prep.coverage_zh, len(prep.pool_ids), seeds)
+
+
+def _run_dir(runs: Path, seed: int, fraction: str | float, name: str) -> Path:
+    return runs / f"seed{seed}" / f"ann{round(float(fraction) * 100)}" / slug(name)
+
+
+def _finished(runs: Path, plan: dict[str, list[str]], seeds: list[int]) -> list[dict[str, Any]]:
+    out = []
+    for fraction, names in plan.items():
+        for seed in seeds:
+            for name in names:
+                path = _run_dir(runs, seed, fraction, name) / "result.json"
+                if path.exists():
+                    out.append(json.loads(path.read_text()))
+    return out
+
+
+def write_report(
+    runs: Path,
+    config: dict[str, Any],
+    results: list[dict[str, Any]],
+    coverage_zh: dict[str, float] | None,
+    pool_size: int | None,
+    seeds: list[int] | None = None,
+) -> int:
+    """results.json, a3vse.md, and the served bundle (config "serve" at "serve_fraction", first seed)."""
     served = config.get("serve")
     if served and seeds:
-        src = (
-            runs
-            / f"seed{seeds[0]}"
-            / f"ann{round(float(config.get('serve_fraction', 1.0)) * 100)}"
-            / slug(served)
-        )
-        if (src / "bundle").exists():
+        src = _run_dir(runs, seeds[0], config.get("serve_fraction", 1.0), served) / "bundle"
+        if (src / "manifest.json").exists():
             dst = runs / "bundle"
             if dst.exists():
                 shutil.rmtree(dst)
-            shutil.copytree(src / "bundle", dst)
+            shutil.copytree(src, dst)
+    if coverage_zh is None:  # report-only: read what the preparation cached
+        coverage_zh = {
+            kind: json.loads(p.read_text(encoding="utf-8"))["coverage_zh"]
+            for kind in ("regional", "global")
+            if (p := runs / "cache" / f"semantics_{kind}.json").exists()
+        }
+    if pool_size is None:
+        pool_file = runs / "pool" / "manifest.jsonl"
+        pool_size = (
+            sum(1 for line in pool_file.open(encoding="utf-8") if line.strip()) if pool_file.exists() else 0
+        )
     (runs / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
-    table = format_a3vse_results(results, prep.coverage_zh, len(prep.pool_ids))
+    table = format_a3vse_results(results, coverage_zh, pool_size)
     (runs / "a3vse.md").write_text(table + "\n", encoding="utf-8")
     print(table)
     return 0
