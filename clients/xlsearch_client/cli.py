@@ -8,8 +8,9 @@
     xlsearch-client stats
     xlsearch-client health [--service NAME]      # exit 0 when SERVING, 1 otherwise
 
-`--target host:port` (default $XLSEARCH_TARGET or 127.0.0.1:50051) and `--timeout SECONDS` go before or after the
-command. IMAGE is an image file, or with `--id` the id of an indexed image. A failed call prints one line, `<prog>: error: <STATUS_CODE>: <message>`, on stderr and exits 2.
+IMAGE is an image file, or with `--id` the id of an image in the server's index. `--target host:port` (default
+$XLSEARCH_TARGET or 127.0.0.1:50051) and `--timeout SECONDS` go before or after the command. A failed call prints
+one line, `<prog>: error: <STATUS_CODE>: <message>`, on stderr and exits 2.
 """
 
 from __future__ import annotations
