@@ -64,6 +64,21 @@ def test_text_encoder_ignores_whatever_follows_the_length():
     torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
 
 
+def test_word_embeddings_can_start_from_pretrained_vectors():
+    from xlsearch.text import Vocab
+    from xlsearch.training.a3vse.train import init_word_embeddings
+
+    vocab = Vocab.build([["青蛙", "猫"], ["猫"]])
+    enc = TextEncoder(TINY, vocab_size=len(vocab))
+    table = {"青蛙": np.full(TINY.word_dim, 0.5), "猫": np.arange(TINY.word_dim, dtype=float)}
+    init_word_embeddings(enc, vocab, lambda tokens: np.stack([table[t] for t in tokens]))
+    for token, vec in table.items():
+        np.testing.assert_allclose(enc.embedding.weight[vocab.id(token)].detach().numpy(), vec)
+    assert torch.all(enc.embedding.weight[0] == 0)  # padding stays zero
+    with pytest.raises(ValueError, match="do not fit"):
+        init_word_embeddings(enc, vocab, lambda tokens: np.zeros((len(tokens), 3)))
+
+
 # -- gradient reversal -------------------------------------------------------------------------------------------
 def test_encoder_gradient_from_a_discriminator_loss_is_reversed_and_scaled():
     torch.manual_seed(0)

@@ -27,7 +27,7 @@ from xlsearch.benchmark import evaluate
 from xlsearch.bundle import SENTENCE_ROLE, Bundle
 from xlsearch.datasets.unannotated import build_pool, default_candidates
 from xlsearch.manifest import Manifest, read_manifest, resplit_manifest
-from xlsearch.sentence import cached_encode
+from xlsearch.sentence import build_sentence_encoder, cached_encode
 from xlsearch.text import tokenizer_for
 from xlsearch.training.a3vse.bundle_writer import update_bundle_manifest, write_a3vse_bundle
 from xlsearch.training.a3vse.regions import RegionStore, build_region_extractor, extract_regions
@@ -185,6 +185,16 @@ def choose_fusion(bundle: Bundle, split: Manifest, vectors: dict[str, np.ndarray
     return metrics
 
 
+def _word_vectors(cfg: A3VSETrainConfig, sentence_spec: dict | None, lang: str, cache: Path):
+    """Token -> pretrained sentence-encoder vector (cached on disk), when the config asks for that word init."""
+    if cfg.word_init != "sentence_encoder":
+        return None
+    if not sentence_spec:
+        raise ValueError("word_init 'sentence_encoder' needs a sentence_encoder in the config")
+    encoder = build_sentence_encoder(sentence_spec)
+    return lambda tokens: cached_encode(encoder, tokens, SENTENCE_ROLE[lang], cache)  # type: ignore[arg-type]
+
+
 def run_a3vse(
     name: str,
     cfg: A3VSETrainConfig,
@@ -201,8 +211,11 @@ def run_a3vse(
     kind = cfg.semantics if cfg.semantics != "none" else "regional"
     zh = _lang_data(prep, split, keep, "zh", kind)
     en = _lang_data(prep, split, keep, "en", kind)
-    model, text_zh = train_a3vse(cfg, prep.store, *zh, seed=seed, progress=progress)
-    text_en = train_text_into(cfg, model.visual, prep.store, *en, seed=seed, progress=progress)
+    words = {lang: _word_vectors(cfg, sentence_spec, lang, sentence_cache) for lang in ("zh", "en")}
+    model, text_zh = train_a3vse(cfg, prep.store, *zh, seed=seed, progress=progress, word_vectors=words["zh"])
+    text_en = train_text_into(
+        cfg, model.visual, prep.store, *en, seed=seed, progress=progress, word_vectors=words["en"]
+    )
     trained = TrainedA3VSE(model.cfg, model.visual, {"zh": text_zh, "en": text_en})
     index = prep.store.index()
     ids = [r.id for r in split.records if r.id in index]

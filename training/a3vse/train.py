@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -69,11 +70,16 @@ class A3VSETrainConfig:
     max_len: int = 32
     min_count: int = 1
     en_epochs: int = 10
+    # "random" (Xavier-like default) or "sentence_encoder": word embeddings start from the pretrained multilingual
+    # sentence encoder's vector of each vocabulary token (the paper starts from GloVe; word_dim must equal its dim)
+    word_init: str = "random"
 
     def __post_init__(self) -> None:
         unknown = set(self.adversarial) - set(ADVERSARIAL_GROUPS)
         if unknown:
             raise ValueError(f"unknown adversarial groups {sorted(unknown)}; expected {ADVERSARIAL_GROUPS}")
+        if self.word_init not in ("random", "sentence_encoder"):
+            raise ValueError(f"word_init must be random or sentence_encoder, got {self.word_init!r}")
         if self.semantics not in ("regional", "global", "none"):
             raise ValueError(f"semantics must be regional, global or none, got {self.semantics!r}")
 
@@ -143,6 +149,28 @@ def build_vocab(annotated: Annotated, unannotated: Unannotated | None, min_count
     return Vocab.build(tokens, min_count=min_count)
 
 
+WordVectors = Callable[[list[str]], np.ndarray]
+
+
+def init_word_embeddings(encoder: TextEncoder, vocab: Vocab, word_vectors: WordVectors) -> None:
+    """Copy the pretrained vector of every vocabulary token (pad and unk excepted) into the embedding matrix."""
+    vectors = np.asarray(word_vectors(vocab.tokens[2:]), dtype=np.float32)
+    weight = encoder.embedding.weight
+    if vectors.shape != (len(vocab) - 2, weight.shape[1]):
+        raise ValueError(f"word vectors {vectors.shape} do not fit the embedding {tuple(weight.shape)}")
+    with torch.no_grad():
+        weight[2:] = torch.from_numpy(vectors)
+
+
+def _maybe_init_words(
+    cfg: A3VSETrainConfig, encoder: TextEncoder, vocab: Vocab, word_vectors: WordVectors | None
+):
+    if cfg.word_init == "sentence_encoder":
+        if word_vectors is None:
+            raise ValueError("word_init 'sentence_encoder' needs word_vectors")
+        init_word_embeddings(encoder, vocab, word_vectors)
+
+
 def _text(encoder: TextEncoder, vocab: Vocab, tokens: list[list[str]], max_len: int) -> Tensor:
     ids, lengths = encode_batch(tokens, vocab, max_len)
     return encoder(torch.from_numpy(ids), torch.from_numpy(lengths))
@@ -184,6 +212,7 @@ def train_a3vse(
     val: Queries,
     seed: int = 0,
     progress: bool = True,
+    word_vectors: WordVectors | None = None,
 ) -> tuple[A3VSE, TrainedText]:
     """Train G^v and one language's G^t with Eq. 9. `unannotated.semantics` is ignored when cfg.semantics is
     "none" (the un-annotated images then only enter the adversarial terms that need no text)."""
@@ -195,6 +224,7 @@ def train_a3vse(
     vocab = build_vocab(annotated, sem, cfg.min_count)
     mcfg = cfg.model_config(store.regions.shape[2])
     model = A3VSE(mcfg, len(vocab))
+    _maybe_init_words(cfg, model.text, vocab, word_vectors)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_l = len(annotated.rows)
     b_l = min(cfg.batch_size, n_l)
@@ -273,6 +303,7 @@ def train_text_into(
     val: Queries,
     seed: int = 0,
     progress: bool = True,
+    word_vectors: WordVectors | None = None,
 ) -> TrainedText:
     """A text encoder trained into the frozen image space of `visual` (Eq. 3, triplet terms only); the image
     embeddings are computed once."""
@@ -283,6 +314,7 @@ def train_text_into(
     vocab = build_vocab(annotated, sem, cfg.min_count)
     mcfg = A3VSEModelConfig.from_dict({**cfg.to_dict(), "region_dim": store.regions.shape[2]})
     encoder = TextEncoder(mcfg, len(vocab))
+    _maybe_init_words(cfg, encoder, vocab, word_vectors)
     opt = torch.optim.Adam(encoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     img_l = torch.from_numpy(embed_images(visual, store, annotated.rows))
     img_u = torch.from_numpy(embed_images(visual, store, sem.rows)) if sem is not None else None
