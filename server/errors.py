@@ -63,6 +63,9 @@ CODE_BY_ERROR_NAME: dict[str, grpc.StatusCode] = {
     "AlreadyExists": grpc.StatusCode.ALREADY_EXISTS,
     "InvalidArgument": grpc.StatusCode.INVALID_ARGUMENT,
     "SearchError": grpc.StatusCode.INVALID_ARGUMENT,
+    # bundle components (xlsearch.tagging, xlsearch.captioning): input the models refuse
+    "TagInputError": grpc.StatusCode.INVALID_ARGUMENT,
+    "CaptionInputError": grpc.StatusCode.INVALID_ARGUMENT,
     # shared library errors
     "ImageError": grpc.StatusCode.INVALID_ARGUMENT,  # xlsearch.preprocess: corrupt / unsupported image
     "UnidentifiedImageError": grpc.StatusCode.INVALID_ARGUMENT,  # PIL

@@ -144,3 +144,85 @@ def tiny_index(tiny_run: TinyRun, tiny_bundle: Path) -> Path:
         ]
         assert index_main(argv) == 0
     return out
+
+
+# -- the tiny bundle with a trained tagger and captioner attached (Tag / Caption tests) ----------------------------
+@dataclass
+class TinyFeatures:
+    by_id: dict  # image id -> L2-normalised backbone feature (what the bundle's `feature` output gives)
+    input_feature: dict  # the component spec's "input_feature"
+
+
+@pytest.fixture(scope="session")
+def tiny_features(tiny_run: TinyRun) -> TinyFeatures:
+    import json
+
+    from xlsearch.features import extract_features
+    from xlsearch.manifest import read_manifest
+    from xlsearch.preprocess import PreprocessConfig
+
+    (spec_path,) = sorted((tiny_run.runs / "image_encoder").glob("*/spec.json"))
+    spec = json.loads(spec_path.read_text())
+    ids, feats, _ = extract_features(
+        read_manifest(tiny_run.data),
+        spec_path.parent / "image_encoder.onnx",
+        PreprocessConfig.from_dict(spec["preprocess"]),
+        tiny_run.runs / "cache" / "features",
+        progress=False,
+    )
+    feature = {"dim": spec["dim"], "backbone": spec["backbone"], "preprocess": spec["preprocess"]}
+    return TinyFeatures(dict(zip(ids, feats, strict=True)), feature)
+
+
+@pytest.fixture(scope="session")
+def tiny_annotated_bundle(tiny_run: TinyRun, tiny_bundle: Path, tiny_features: TinyFeatures) -> Path:
+    """A copy of the tiny bundle with a tiny Cascading-MLP tagger (+ LQP) and a tiny Show-and-Tell captioner,
+    trained on the tiny manifest by the real trainers and attached with `attach_component`."""
+    from xlsearch.bundle import Bundle
+    from xlsearch.components import attach_component
+    from xlsearch.manifest import read_manifest
+    from xlsearch.training.captioning.cli import train_captioner_component
+    from xlsearch.training.captioning.train import CaptionerConfig
+    from xlsearch.training.tagging.component import train_tagger_component
+    from xlsearch.training.tagging.train import TaggerConfig
+
+    out = tiny_run.runs / "annotated_bundle"
+    if (out / "manifest.json").exists():
+        return out
+    manifest = read_manifest(tiny_run.data)
+    work = tiny_run.runs / "components"
+    tagger = train_tagger_component(
+        manifest,
+        tiny_features.by_id,
+        work / "tagger",
+        TaggerConfig(model="cascade", hidden=64, epochs=15, lqp_hidden=[32], lqp_epochs=20, user_tags=True),
+        tiny_features.input_feature,
+        seed=0,
+    )
+    captioner = train_captioner_component(
+        manifest,
+        tiny_features.by_id,
+        work / "captioner",
+        CaptionerConfig(word_dim=32, hidden=64, epochs=3, min_count=1),
+        tiny_features.input_feature,
+        seed=0,
+        bundle=Bundle(tiny_bundle),
+    )
+    staging = tiny_run.runs / "annotated_bundle.tmp"
+    shutil.copytree(tiny_bundle, staging)
+    attach_component(staging, tagger)
+    attach_component(staging, captioner)
+    staging.rename(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_annotated_index(tiny_run: TinyRun, tiny_annotated_bundle: Path) -> Path:
+    """The tiny manifest indexed with the annotated bundle (predicted tags stored in the metadata)."""
+    from xlsearch.indexer.cli import main as index_main
+
+    out = tiny_run.runs / "annotated_index"
+    if not (out / "manifest.json").exists():
+        argv = ["--manifest", str(tiny_run.data), "--bundle", str(tiny_annotated_bundle), "--out", str(out)]
+        assert index_main([*argv, "--no-progress"]) == 0
+    return out

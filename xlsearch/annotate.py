@@ -150,6 +150,8 @@ class Annotator:
         given = list(dict.fromkeys(t.strip() for t in user_tags if t.strip()))
         if len(given) > lim.max_user_tags:
             raise InvalidArgument(f"at most {lim.max_user_tags} user tags, got {len(given)}")
+        if given and not tagger.accepts_user_tags:
+            raise InvalidArgument("the served tagger was trained without user tags; omit user_tags")
         unknown = tagger.unknown_tags(given)
         if unknown:
             raise InvalidArgument(f"unknown user tags (not in the tag vocabulary): {', '.join(unknown)}")
