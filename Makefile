@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 SEEDS ?= 0,1,2,3,4
 
 
-.PHONY: help setup proto demo loadbench test lint format
+.PHONY: help setup proto demo tagging captioning a3vse loadbench test lint format
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -17,6 +17,15 @@ proto: setup  ## generate the gRPC/protobuf code (xlsearch/v1) from proto/
 
 demo: setup  ## end to end on Tux Paint: train + benchmark table, index, serve, example queries
 	SEEDS=$(SEEDS) VENV=$(VENV) bash scripts/demo.sh
+
+tagging: setup  ## tagging table (MLP / Multi-task / Cascading MLP x k rules) over SEEDS; needs `make demo` features
+	$(VENV)/bin/xlsearch-train-tagger --data data/tuxpaint --runs runs/tagging --features-from runs/demo --seeds $(SEEDS)
+
+captioning: setup  ## captioning table (monolingual / transfer / sequential / tags vs NN recommendation) over SEEDS
+	$(VENV)/bin/xlsearch-train-captioner --data data/tuxpaint --retrieval-runs runs/demo --runs runs/captioning --seeds $(SEEDS)
+
+a3vse: setup  ## A3VSE sparse-annotation experiment (20/50/100% annotated) over seeds 0,1,2
+	$(VENV)/bin/xlsearch-train-a3vse --data data/tuxpaint --runs runs/a3vse --seeds 0,1,2 --backbone-runs runs/demo
 
 loadbench: setup  ## serving benchmarks: gRPC load + index scale-up (JSON in runs/loadbench/)
 	$(PY) -m xlsearch.loadbench grpc --bundle runs/demo/bundle --index runs/demo/index --manifest data/tuxpaint --concurrency 1,8 --repeat 3 --out runs/loadbench/grpc.json

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job, end to end on the Tux Paint demo data:
 #   manifest -> features -> W2VV encoders (every variant, every seed) -> bundles -> benchmark table
-#   -> FAISS index of the served bundle -> gRPC server -> a few Chinese queries through the CLI.
+#   -> tagging and captioning tables, served tagger + captioner attached to the served bundle
+#   -> FAISS index of the served bundle (with predicted tags) -> gRPC server
+#   -> a few Chinese queries, a tag filter, Tag and Caption through the CLI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -12,6 +14,16 @@ METRICS_PORT=${METRICS_PORT:-9464}
 X="$VENV/bin/xlsearch"
 
 "$VENV/bin/xlsearch-train" --data data/tuxpaint --runs "$RUNS" --seeds "$SEEDS"
+
+echo
+echo "== tagging: experiment table, then the served tagger (Cascading MLP + LQP) into $RUNS/bundle"
+"$VENV/bin/xlsearch-train-tagger" --data data/tuxpaint --runs runs/tagging --features-from "$RUNS" \
+  --seeds "$SEEDS" --bundle "$RUNS/bundle"
+
+echo
+echo "== captioning: experiment table, then the served captioner into $RUNS/bundle"
+"$VENV/bin/xlsearch-train-captioner" --data data/tuxpaint --retrieval-runs "$RUNS" --runs runs/captioning \
+  --seeds "$SEEDS" --bundle "$RUNS/bundle"
 
 echo
 echo "== indexing the whole Tux Paint set with the served bundle"
@@ -35,3 +47,15 @@ for q in "一只红色的袋鼠" "青蛙" "一辆红色的消防车" "在水里�
   echo "== xlsearch search \"$q\" --top-k 5"
   "$X" search "$q" --top-k 5 --target "$target"
 done
+image=/usr/share/tuxpaint/stamps/animals/amphibians/frog-1.png
+[ -f "$image" ] || image=$(find /usr/share/tuxpaint/stamps -name '*.png' | sort | head -1)
+echo
+echo "== xlsearch tag $image"
+"$X" tag "$image" --target "$target"
+tag=$("$X" tag "$image" --target "$target" --json | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["tags"][0]["tag"])')
+echo
+echo "== xlsearch search \"动物\" --tag $tag --top-k 5   (only images whose predicted tags include $tag)"
+"$X" search "动物" --tag "$tag" --top-k 5 --target "$target"
+echo
+echo "== xlsearch caption $image --n-best 3 --recommend"
+"$X" caption "$image" --n-best 3 --recommend --target "$target"
