@@ -36,6 +36,7 @@ TINY = {
     "sequential_epochs": 1,
     "tag_min_count": 2,
     "tag_neighbours": 3,
+    "tagger": {"epochs": 2, "lqp_epochs": 2, "hidden": 16, "lqp_hidden": [8]},
 }
 
 
@@ -139,11 +140,11 @@ def test_onnx_decoding_matches_pytorch(tiny_split, tmp_path: Path, strategy: str
     torch.set_num_threads(1)
     split, features, input_feature = tiny_split
     cfg = CaptionerConfig.from_dict({**TINY, "epochs": 3})
-    data = split_data(split, features, cfg, [strategy])
+    data = split_data(split, features, cfg, [strategy], None, tmp_path / "work", input_feature, 0)
     trained = train_strategy(strategy, data, cfg, seed=0)
-    write_captioner(trained, tmp_path, cfg, input_feature, ["一只青蛙。"])
-    spec = json.loads((tmp_path / "component.json").read_text("utf-8"))
-    captioner = Captioner.load(tmp_path, spec, intra_op_threads=1)
+    write_captioner(trained, tmp_path / "captioner", cfg, input_feature, ["一只青蛙。"])
+    spec = json.loads((tmp_path / "captioner" / "component.json").read_text("utf-8"))
+    captioner = Captioner.load(tmp_path / "captioner", spec, intra_op_threads=1)
     assert captioner.needs_tags == (strategy == "tags")
 
     ids = sorted(data.zh["test"])

@@ -56,7 +56,11 @@ def split_data(
     cfg: CaptionerConfig,
     strategies: list[str],
     stamps_root: str | None = None,
+    work_dir: Path | None = None,
+    input_feature: dict | None = None,
+    seed: int = 0,
 ) -> SplitData:
+    """The strategies' inputs for one split; the tagger (tag strategy) is trained into ``work_dir/tagger``."""
     data = SplitData(
         features,
         {s: manifest_sentences(manifest, s, "zh") for s in ("train", "val", "test")},
@@ -66,7 +70,19 @@ def split_data(
         train_ids = [r.id for r in manifest.split("train")]
         data.corpus_a = tuxpaint_zh_tw_simplified(train_ids, stamps_root or cfg.stamps_root)
     if "tags" in strategies:
-        data.tags = TagInputs.build(manifest, features, cfg.tag_min_count, cfg.tag_neighbours)
+        use_tagger = cfg.tag_predictor == "tagger"
+        if use_tagger and work_dir is None:
+            raise ValueError("tag_predictor 'tagger' needs a work_dir to train the tagger in")
+        data.tags = TagInputs.build(
+            manifest,
+            features,
+            cfg.tag_min_count,
+            cfg.tag_neighbours,
+            tagger_folder=work_dir / "tagger" if use_tagger and work_dir is not None else None,
+            tagger_overrides=cfg.tagger,
+            input_feature=input_feature,
+            seed=seed,
+        )
     return data
 
 
@@ -126,7 +142,17 @@ def train_captioner_component(
     here — the experiment CLI resolves "best" from its results), measure it on the test split (and the
     recommendation baseline when a ``bundle`` is given) and write the component folder ``out_dir``."""
     strategy = strategy or (config.serve if config.serve in STRATEGIES else "monolingual")
-    data = split_data(manifest, features, config, [strategy])
+    out_dir = Path(out_dir)
+    data = split_data(
+        manifest,
+        features,
+        config,
+        [strategy],
+        None,
+        out_dir.parent / f".{out_dir.name}-work",
+        input_feature,
+        seed,
+    )
     t0 = time.time()
     trained = train_strategy(strategy, data, config, seed)
     extra: dict[str, Any] = {
@@ -141,7 +167,6 @@ def train_captioner_component(
         if bundle is not None:
             recs = recommend_for(bundle, manifest, ids, k=1)
             extra["nn_test_metrics"] = score_captions(test, {i: recs[i][0][0] for i in ids})
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_captioner(trained, out_dir, config, input_feature, training_pool(manifest), extra)
     return out_dir
@@ -266,7 +291,16 @@ def main(argv: list[str] | None = None) -> int:
             path = runs / f"seed{seed}" / strategy / "result.json"
             if not path.exists():
                 if data is None:
-                    data = split_data(split, features, cfg, strategies, args.stamps_root)
+                    data = split_data(
+                        split,
+                        features,
+                        cfg,
+                        strategies,
+                        args.stamps_root,
+                        runs / f"seed{seed}",
+                        input_feature,
+                        seed,
+                    )
                 t0 = time.time()
                 trained = train_strategy(strategy, data, cfg, seed)
                 sentences = generate_for(trained, ids, features, cfg)

@@ -2,19 +2,26 @@
 
 Training images use their true tags (the tag vocabulary of ``xlsearch.tag_vocab``: manual tags plus the content
 words of the image's Chinese sentences, restricted to tags seen in at least ``min_count`` training images).
-Validation and test images use *predicted* tags, never their own sentences: until a trained tagger is wired in
-here, a nearest-neighbour vote over the training images' features (``KnnTagPredictor``).
+Validation and test images use *predicted* tags, never their own sentences: those of a tagger trained on the same
+training split (``xlsearch.training.tagging``; the served Cascading MLP with its label-quantity head decides how
+many), or, with ``tag_predictor: "knn"``, a nearest-neighbour vote over the training images' features.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from xlsearch.manifest import Manifest
-from xlsearch.tag_vocab import TagVocabConfig, vocabularies_for
+from xlsearch.tag_vocab import TagVocabConfig, extract_image_tags, vocabularies_for
+
+
+class TagPredictor(Protocol):
+    def predict(self, features: np.ndarray) -> list[list[str]]: ...
 
 
 def _l2n(x: np.ndarray) -> np.ndarray:
@@ -53,20 +60,72 @@ class KnnTagPredictor:
 
 
 @dataclass
+class TaggerPredictor:
+    """The tags a trained tagger component predicts (its label-quantity head chooses how many)."""
+
+    tagger: Any  # xlsearch.tagging.Tagger
+
+    def predict(self, features: np.ndarray) -> list[list[str]]:
+        return [[t.tag for t in row] for row in self.tagger.predict(np.asarray(features, dtype=np.float32))]
+
+
+def trained_tagger(
+    manifest: Manifest,
+    features: dict[str, np.ndarray],
+    folder: Path,
+    overrides: dict[str, Any],
+    input_feature: dict[str, Any],
+    seed: int,
+) -> Any:
+    """Train (once; reused when ``folder`` holds a component) and load a tagger on the manifest's training split."""
+    from xlsearch.components import read_component
+    from xlsearch.tagging import Tagger
+    from xlsearch.training.tagging.component import train_tagger_component
+    from xlsearch.training.tagging.train import TaggerConfig
+
+    if not (folder / "component.json").exists():
+        train_tagger_component(
+            manifest, features, folder, TaggerConfig.from_dict(overrides), input_feature, seed
+        )
+    return Tagger.load(folder, read_component(folder), intra_op_threads=1)
+
+
+@dataclass
 class TagInputs:
     vocab: list[str]
     true_tags: dict[str, list[str]]  # training images only
-    predictor: KnnTagPredictor
+    predictor: TagPredictor
     source: str  # how test tags are obtained, for the report
 
     @classmethod
     def build(
-        cls, manifest: Manifest, features: dict[str, np.ndarray], min_count: int = 2, neighbours: int = 10
+        cls,
+        manifest: Manifest,
+        features: dict[str, np.ndarray],
+        min_count: int = 2,
+        neighbours: int = 10,
+        tagger_folder: Path | None = None,
+        tagger_overrides: dict[str, Any] | None = None,
+        input_feature: dict[str, Any] | None = None,
+        seed: int = 0,
     ) -> TagInputs:
-        zh_vocab, _, image_tags = vocabularies_for(manifest, TagVocabConfig(zh_min_count=min_count))
-        train = {r.id: zh_vocab.restrict(image_tags.zh[r.id]) for r in manifest.split("train")}
-        predictor = KnnTagPredictor.fit(train, features, neighbours)
-        return cls(list(zh_vocab.tags), train, predictor, f"kNN vote of {neighbours} training images")
+        """Tag inputs from a tagger trained into ``tagger_folder``, or from the kNN vote when it is None."""
+        if tagger_folder is None:
+            zh_vocab, _, image_tags = vocabularies_for(manifest, TagVocabConfig(zh_min_count=min_count))
+            train = {r.id: zh_vocab.restrict(image_tags.zh[r.id]) for r in manifest.split("train")}
+            predictor = KnnTagPredictor.fit(train, features, neighbours)
+            return cls(list(zh_vocab.tags), train, predictor, f"kNN vote of {neighbours} training images")
+        overrides = {**(tagger_overrides or {})}
+        overrides["vocab"] = {"zh_min_count": min_count, **overrides.get("vocab", {})}
+        dim = len(next(iter(features.values())))
+        feature_spec = input_feature or {"dim": dim, "backbone": None, "preprocess": None}
+        tagger = trained_tagger(manifest, features, Path(tagger_folder), overrides, feature_spec, seed)
+        image_tags = extract_image_tags(manifest.split("train"))
+        train = {r.id: tagger.zh_vocab.restrict(image_tags.zh[r.id]) for r in manifest.split("train")}
+        model = tagger.spec.get("model", tagger.spec.get("config", {}).get("model", "tagger"))
+        return cls(
+            list(tagger.vocabulary), train, TaggerPredictor(tagger), f"trained tagger ({model}, LQP count)"
+        )
 
     def bag(self, tag_lists: list[list[str]]) -> np.ndarray:
         index = {t: i for i, t in enumerate(self.vocab)}

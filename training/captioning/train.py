@@ -64,6 +64,8 @@ class CaptionerConfig:
         "/usr/share/tuxpaint/stamps"  # Tux Paint: corpus A (zh_TW descriptions) of Sequential Learning
     )
     tag_min_count: int = 2
+    tag_predictor: str = "tagger"  # test-time tags: "tagger" (xlsearch.training.tagging) or "knn"
+    tagger: dict[str, Any] = field(default_factory=dict)  # TaggerConfig overrides for the tagger
     tag_neighbours: int = 10
     strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
     serve: str = "best"  # the strategy of the served captioner ("best": best val CIDEr-D without tag input)
@@ -74,6 +76,8 @@ class CaptionerConfig:
         if unknown:
             raise ValueError(f"unknown captioner option(s): {', '.join(sorted(unknown))}")
         cfg = cls(**data)
+        if cfg.tag_predictor not in ("tagger", "knn"):
+            raise ValueError(f"tag_predictor must be 'tagger' or 'knn', got {cfg.tag_predictor!r}")
         bad = [s for s in cfg.strategies if s not in STRATEGIES]
         if bad:
             raise ValueError(f"unknown strategy {bad}; expected some of {', '.join(STRATEGIES)}")
