@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import shutil
 import sys
 from collections.abc import Iterator
 from concurrent import futures
@@ -335,3 +336,138 @@ def test_plain_bundle_refuses_with_failed_precondition(
     code, out, err = cli(capsys, "caption", str(stamp), "--recommend", "--target", plain_server.address)
     assert code == 2 and out == "" and err.count("\n") == 1
     assert err.startswith("xlsearch-client: error: FAILED_PRECONDITION: ") and "captioner" in err
+
+
+# -- the real server, serving the tiny bundle with a trained tagger and captioner ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def annotated_server(
+    tiny_annotated_bundle: Path, tiny_annotated_index: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerThread]:
+    index = tmp_path_factory.mktemp("client-annotated") / "index"
+    shutil.copytree(tiny_annotated_index, index)
+    st = ServerThread(test_settings(bundle=tiny_annotated_bundle, index=index))
+    assert st.wait_ready(), st.server.slot.error
+    yield st
+    st.stop()
+
+
+@pytest.fixture(scope="module")
+def annotated(annotated_server: ServerThread) -> Iterator[Client]:
+    with Client(annotated_server.address, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def stamps(tiny_manifest: Path) -> list[tuple[str, Path]]:
+    """(id, file) of indexed stamps small enough for the test server's image limit."""
+    from xlsearch.manifest import read_manifest
+
+    m = read_manifest(tiny_manifest)
+    found = [(r.id, m.image_path(r)) for r in m.records if r.split == "test"]
+    return [(i, p) for i, p in found if p.stat().st_size < 200 * 1024][:3]
+
+
+def test_tag_by_path_bytes_and_id_agree_with_the_raw_call(
+    annotated: Client, annotated_server: ServerThread, stamps: list[tuple[str, Path]]
+):
+    image_id, path = stamps[0]
+    by_path = annotated.tag(path)
+    assert isinstance(by_path, TagResult) and by_path.tags
+    scores = [t.score for t in by_path.tags]
+    assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
+    assert all(isinstance(t, Tag) and isinstance(t.english, tuple) for t in by_path.tags)
+    with annotated_server.channel() as channel:
+        raw = pb_grpc.ImageSearchStub(channel).Tag(
+            pb.TagRequest(image=pb.ImageRef(image_bytes=path.read_bytes())), timeout=60
+        )
+    assert by_path == tag_result_from_proto(raw)
+    by_bytes, by_id = annotated.tag(path.read_bytes()), annotated.tag(ImageId(image_id))
+    for other in (by_bytes, by_id):
+        assert [t.tag for t in other.tags] == [t.tag for t in by_path.tags]
+        assert [t.score for t in other.tags] == pytest.approx(scores, abs=1e-5)
+
+    three = annotated.tag(path, k=3, user_tags=[by_path.tags[0].tag])
+    assert len(three.tags) == 3
+
+
+def test_caption_n_best_and_recommend(annotated: Client, stamps: list[tuple[str, Path]]):
+    image_id, path = stamps[1]
+    result = annotated.caption(path, n_best=3, recommend=True)
+    assert isinstance(result, CaptionResult) and len(result.captions) == 3
+    logp = [c.score for c in result.captions]
+    assert logp == sorted(logp, reverse=True) and all(c.text and c.score <= 0.0 for c in result.captions)
+    cosine = [r.score for r in result.recommended]
+    assert cosine and cosine == sorted(cosine, reverse=True) and all(-1.0 <= c <= 1.0 + 1e-6 for c in cosine)
+    plain = annotated.caption(ImageId(image_id))
+    assert plain.recommended == () and [c.text for c in plain.captions] == [result.captions[0].text]
+
+
+def test_annotate_errors_carry_the_status_codes(annotated: Client, stamps: list[tuple[str, Path]]):
+    _, path = stamps[0]
+    cases = [
+        (
+            lambda: annotated.tag(path, user_tags=["没有这个标签"]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "没有这个标签",
+        ),
+        (lambda: annotated.tag(path, k=0), grpc.StatusCode.INVALID_ARGUMENT, "k"),
+        (lambda: annotated.tag(b"\x89PNG\r\n\x1a\n not a png"), grpc.StatusCode.INVALID_ARGUMENT, ""),
+        (lambda: annotated.caption(path, n_best=11), grpc.StatusCode.INVALID_ARGUMENT, "n_best"),
+        (lambda: annotated.caption(ImageId("no/such/stamp")), grpc.StatusCode.NOT_FOUND, ""),
+        (lambda: annotated.tag(b"\0" * (300 * 1024)), grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+    ]
+    for call, code, fragment in cases:
+        with pytest.raises(XlsearchError) as info:
+            call()
+        assert info.value.code == code and fragment in info.value.message
+
+    # an image added as bytes has no file the server could read back
+    added = annotated.add_images([(path.read_bytes(), "client/no-uri")])
+    try:
+        with pytest.raises(XlsearchError) as info:
+            annotated.tag(ImageId("client/no-uri"))
+        assert (
+            info.value.code == grpc.StatusCode.FAILED_PRECONDITION and "client/no-uri" in info.value.message
+        )
+    finally:
+        assert annotated.delete(added.ids).deleted == 1
+
+
+def test_async_tag_and_caption_match_the_sync_client(
+    annotated: Client, annotated_server: ServerThread, stamps: list[tuple[str, Path]]
+):
+    image_id, path = stamps[2]
+
+    async def scenario() -> tuple[TagResult, CaptionResult]:
+        async with AsyncClient(annotated_server.address, timeout=60) as aclient:
+            return await asyncio.gather(aclient.tag(path, k=4), aclient.caption(ImageId(image_id), n_best=2))
+
+    tags, captions = asyncio.run(scenario())
+    assert tags == annotated.tag(path, k=4)
+    assert [c.text for c in captions.captions] == [c.text for c in annotated.caption(path, n_best=2).captions]
+
+
+def test_cli_over_the_annotated_server(
+    annotated: Client,
+    annotated_server: ServerThread,
+    stamps: list[tuple[str, Path]],
+    capsys: pytest.CaptureFixture[str],
+):
+    image_id, path = stamps[0]
+    target = ("--target", annotated_server.address)
+    expected = annotated.tag(path)
+    code, out, err = cli(capsys, "tag", str(path), "--json", *target)
+    assert code == 0 and err == "" and json.loads(out) == as_json(expected.to_dict())
+
+    code, out, _ = cli(capsys, "tag", image_id, "--id", "-k", "2", *target)
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == f"2 tag(s) for image id {image_id!r}" and len(lines) == 5
+    assert [line.split()[1] for line in lines[3:]] == [t.tag for t in annotated.tag(path, k=2).tags]
+
+    assert xlsearch_main(["caption", image_id, "--id", "--n-best", "2", "--recommend", *target]) == 0
+    out = capsys.readouterr().out
+    result = annotated.caption(ImageId(image_id), n_best=2, recommend=True)
+    assert out.rstrip("\n") == caption_report(result, f"image id {image_id!r}", recommend=True)
+    assert result.captions[0].text in out and result.recommended[0].text in out
