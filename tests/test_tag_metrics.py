@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xlsearch.tag_metrics import evaluate_tagging, lqp_counts, lqp_metrics, top_k_mask
+from xlsearch.tag_metrics import evaluate_tagging, lqp_counts, lqp_metrics, mean_average_precision, top_k_mask
 
 SCORES = np.array(
     [
@@ -65,6 +65,13 @@ def test_oracle_k_makes_pooled_precision_equal_recall() -> None:
         m = evaluate_tagging(rng.random((30, 12)), truth, truth.sum(axis=1))
         assert m["i_p"] == pytest.approx(m["i_r"])
         assert m["i_f1"] == pytest.approx(m["i_p"])
+
+
+def test_mean_average_precision() -> None:
+    # rankings: img0 0,1,2,3 (hits at 1, 3 -> (1 + 2/3) / 2); img1 1,2,3,0 (hit at 1 -> 1); img2 3,0,1,2 (1, 1 -> 1)
+    assert mean_average_precision(SCORES, TRUTH) == pytest.approx(((1 + 2 / 3) / 2 + 1 + 1) / 3)
+    with pytest.raises(ValueError, match="no ground-truth tag"):
+        mean_average_precision(SCORES, np.zeros_like(TRUTH))
 
 
 def test_lqp() -> None:

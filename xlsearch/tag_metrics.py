@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["evaluate_tagging", "lqp_counts", "lqp_metrics", "top_k_mask"]
+__all__ = ["evaluate_tagging", "lqp_counts", "lqp_metrics", "mean_average_precision", "top_k_mask"]
 
 
 def _ks(k: int | Sequence[int] | np.ndarray, n: int, classes: int) -> np.ndarray:
@@ -89,6 +89,23 @@ def evaluate_tagging(
         "mean_k": float(n_pred.mean()),
         "images": int(scores.shape[0]),
     }
+
+
+def mean_average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over images of the average precision of the score ranking (ties broken by the lower class index).
+    Images without a ground-truth tag must be left out."""
+    scores, truth = np.asarray(scores), np.asarray(truth).astype(bool)
+    if scores.shape != truth.shape or scores.ndim != 2 or scores.shape[0] == 0:
+        raise ValueError(
+            f"scores {scores.shape} and truth {truth.shape} must be the same non-empty [N, C] shape"
+        )
+    n_true = truth.sum(axis=1)
+    if (n_true == 0).any():
+        raise ValueError(f"{int((n_true == 0).sum())} image(s) have no ground-truth tag; leave them out")
+    order = np.argsort(-scores, axis=1, kind="stable")
+    hits = np.take_along_axis(truth, order, axis=1)
+    precision_at = np.cumsum(hits, axis=1) / np.arange(1, truth.shape[1] + 1)[None, :]
+    return float(((precision_at * hits).sum(axis=1) / n_true).mean())
 
 
 def lqp_counts(predicted: np.ndarray, classes: int | None = None) -> np.ndarray:

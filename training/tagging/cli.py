@@ -35,13 +35,13 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tagging_tuxp
 
 
 def load_features(
-    manifest: Manifest, features_from: Path, config: dict[str, Any]
+    manifest: Manifest, features_from: Path, config: dict[str, Any], cache: Path | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Backbone vectors of every image (the retrieval pipeline's cache under ``features_from``) + input spec."""
+    """Backbone vectors of every image (by default from the retrieval pipeline's cache under ``features_from``)
+    and the component's input feature spec."""
     backbone = ensure_backbone(features_from, config["backbone"], config.get("crop", "center"))
-    vectors = image_vectors(
-        manifest, backbone.onnx, backbone.spec["preprocess"], features_from / "cache" / "features"
-    )
+    cache = cache or features_from / "cache" / "features"
+    vectors = image_vectors(manifest, backbone.onnx, backbone.spec["preprocess"], cache)
     spec = {
         "dim": int(backbone.spec["dim"]),
         "backbone": backbone.spec["backbone"],
@@ -57,7 +57,7 @@ def english_extra(
     from xlsearch.training.tagging.english_only import DEFAULT_STAMPS_ROOT, english_only_stamps
 
     extra = english_only_stamps(runs / "english_only", Path(stamps_root or DEFAULT_STAMPS_ROOT))
-    vectors, _ = load_features(extra, features_from, config)
+    vectors, _ = load_features(extra, features_from, config, runs / "cache" / "features")
     return {r.id: image_tags_en(r) for r in extra.records if r.id in vectors}, vectors
 
 
@@ -72,7 +72,10 @@ def run_one(
 ) -> dict[str, Any]:
     path = out / "result.json"
     if path.exists():
-        return json.loads(path.read_text(encoding="utf-8"))
+        done = json.loads(path.read_text(encoding="utf-8"))
+        if done.get("config") == cfg.to_dict():
+            return done
+        print(f"      {path}: trained with another config; retraining")
     start = time.time()
     tags = extract_image_tags(split.records)
     trained = fit_tagger(split, features, cfg, seed, tags, extra)
@@ -123,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     manifest = ensure_dataset(data, args.stamps_root)
     features, input_feature = load_features(manifest, features_from, config)
     extra_en: dict[str, list[str]] | None = None
-    if config.get("english_only_stamps"):
+    wanted = [{**base, **o} for o in [*models.values(), config.get("serve", {})]]
+    if any(c.get("english_only_images") for c in wanted):
         extra_en, extra_vectors = english_extra(runs, features_from, config, args.stamps_root)
         features = {**features, **extra_vectors}
         print(f"      {len(extra_en)} English-only stamps for the cascade's first stage")

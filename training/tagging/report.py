@@ -29,6 +29,11 @@ def _cell(values: Sequence[float]) -> str:
     return f"{v.mean():.3f} ± {v.std():.3f}" if len(v) > 1 else f"{v.mean():.3f}"
 
 
+def _count(values: Sequence[float]) -> str:
+    v = np.asarray(values, dtype=np.float64)
+    return f"{v.mean():.1f} ± {v.std():.1f}" if len(v) > 1 else f"{v.mean():.0f}"
+
+
 def format_table(results: Sequence[dict[str, Any]], models: Sequence[str]) -> str:
     seeds = sorted({r["seed"] for r in results})
     lines = [
@@ -57,7 +62,37 @@ def format_table(results: Sequence[dict[str, Any]], models: Sequence[str]) -> st
         if rows:
             lines.append(
                 f"| {model} | {_cell([r['lqp']['accuracy'] for r in rows])} | {_cell([r['lqp']['mse'] for r in rows])}"
-                f" | {_cell([r['test_images'] for r in rows])} | "
-                f"{_cell([r['training']['zh_tags'] for r in rows])} / {_cell([r['training']['en_tags'] for r in rows])} |"
+                f" | {_count([r['test_images'] for r in rows])} | "
+                f"{_count([r['training']['zh_tags'] for r in rows])} / {_count([r['training']['en_tags'] for r in rows])} |"
             )
+    lines += ["", *paired_differences(results, models)]
     return "\n".join(lines)
+
+
+def _diff_cell(diffs: Sequence[float]) -> str:
+    d = np.asarray(diffs, dtype=np.float64)
+    wins, losses = int((d > 1e-9).sum()), int((d < -1e-9).sum())
+    return f"{d.mean():+.3f} ± {d.std():.3f} ({wins}/{len(d) - wins - losses}/{losses})"
+
+
+def paired_differences(results: Sequence[dict[str, Any]], models: Sequence[str]) -> list[str]:
+    """Per-seed differences (mean ± std, wins/ties/losses over seeds): each model's F@5 minus the first model's,
+    and I-F1 with LQP minus I-F1 with the fixed mean k."""
+    by = {(r["model"], r["seed"]): r for r in results}
+    seeds = sorted({r["seed"] for r in results})
+    lines = [
+        f"Paired per-seed differences (mean ± std, wins/ties/losses): F@5 vs {models[0]}; "
+        "I-F1 of LQP vs fixed k = mean.",
+        "",
+        f"| Model | F@5 − {models[0]} | I-F1 (LQP) − I-F1 (k = mean) |",
+        "|---|---|---|",
+    ]
+    for model in models:
+        common = [s for s in seeds if (model, s) in by and (models[0], s) in by]
+        if not common:
+            continue
+        f5 = [by[model, s]["k=5"]["f"] - by[models[0], s]["k=5"]["f"] for s in common]
+        lqp = [by[model, s]["LQP"]["i_f1"] - by[model, s]["k=mean"]["i_f1"] for s in common]
+        first = "—" if model == models[0] else _diff_cell(f5)
+        lines.append(f"| {model} | {first} | {_diff_cell(lqp)} |")
+    return lines
