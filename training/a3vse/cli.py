@@ -226,9 +226,8 @@ def run_a3vse(
     write_a3vse_bundle(
         out / "bundle", prep.extractor, trained, prep.backbone, cfg, sentence_spec, fusion, extra
     )
-    metrics = choose_fusion(
-        CachedSentenceBundle(out / "bundle", sentence_cache), strip_text(split, keep), vectors
-    )
+    # the untouched split: hidden training text only matters for training ("all images" rows need every caption)
+    metrics = choose_fusion(CachedSentenceBundle(out / "bundle", sentence_cache), split, vectors)
     update_bundle_manifest(out / "bundle", fusion=metrics.pop("fusion"), benchmark=metrics["rows"])
     return {
         "train_seconds": round(time.time() - t0, 1),
@@ -296,7 +295,7 @@ def run_w2vv(
     with torch.no_grad():
         vecs = head(torch.from_numpy(np.stack([features[i] for i in ids]))).numpy()
     metrics = choose_fusion(
-        CachedSentenceBundle(out / "bundle", sentence_cache), sub, dict(zip(ids, vecs, strict=True))
+        CachedSentenceBundle(out / "bundle", sentence_cache), split, dict(zip(ids, vecs, strict=True))
     )
     update_bundle_manifest(out / "bundle", fusion=metrics.pop("fusion"), benchmark=metrics["rows"])
     return {
