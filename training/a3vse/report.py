@@ -47,16 +47,25 @@ def sparse_table(results: list[dict[str, Any]]) -> str:
 
 
 def acceptance(results: list[dict[str, Any]], fraction: float = 0.2) -> str:
+    """Full vs w/o semantics on CM MRR at `fraction`: over the seeds every variant ran, and, when the pair has
+    more seeds, over all of the pair's seeds."""
     by_variant = group(results).get(fraction, {})
     if FULL not in by_variant or NO_SEMANTICS not in by_variant:
         return f"(acceptance check needs {FULL!r} and {NO_SEMANTICS!r} at {fraction:.0%})"
-    full = _mean([r["rows"]["CM"]["mrr"] for r in by_variant[FULL]])
-    bare = _mean([r["rows"]["CM"]["mrr"] for r in by_variant[NO_SEMANTICS]])
-    verdict = "beats" if full > bare else "does NOT beat"
-    return (
-        f"At {fraction:.0%} annotations, {FULL} {verdict} {NO_SEMANTICS} on CM MRR "
-        f"(mean over splits {full:.3f} vs {bare:.3f})."
-    )
+    common = set.intersection(*({r["seed"] for r in runs} for runs in by_variant.values()))
+    pair = {r["seed"] for r in by_variant[FULL]} & {r["seed"] for r in by_variant[NO_SEMANTICS]}
+    lines = []
+    for seeds in [sorted(common)] + ([sorted(pair)] if pair != common else []):
+        full = [r["rows"]["CM"]["mrr"] for r in by_variant[FULL] if r["seed"] in seeds]
+        bare = [r["rows"]["CM"]["mrr"] for r in by_variant[NO_SEMANTICS] if r["seed"] in seeds]
+        wins = sum(f > b for f, b in zip(full, bare, strict=True))
+        verdict = "beats" if _mean(full) > _mean(bare) else "does NOT beat"
+        lines.append(
+            f"At {fraction:.0%} annotations, {FULL} {verdict} {NO_SEMANTICS} on CM MRR over seeds "
+            f"{','.join(map(str, seeds))}: mean {_mean(full):.3f} vs {_mean(bare):.3f} (higher on {wins} of "
+            f"{len(seeds)} splits)."
+        )
+    return "\n\n".join(lines)
 
 
 def format_a3vse_results(results: list[dict[str, Any]], coverage_zh: dict[str, float], pool: int) -> str:
