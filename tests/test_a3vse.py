@@ -241,7 +241,8 @@ def test_experiment_cli_trains_benchmarks_and_resumes(synthetic, tmp_path):
         for row in ("CM", "CM i2t", "CLM[visual]"):
             assert {"mrr", "r@1", "r@5", "r@10"} <= set(r["rows"][row])
     assert 0 < results[0]["semantic_pairs"] <= results[0]["unannotated_images"]
-    assert results[0]["candidates_all"] == 30  # hidden training text does not shrink the "all images" candidates
+    # hidden training text does not shrink the "all images" candidates
+    assert results[0]["candidates_all"] == 30
     table = (runs / "a3vse.md").read_text(encoding="utf-8")
     assert "| 50% | A3VSE full |" in table and "i→t R@1" in table
 

@@ -132,7 +132,9 @@ def build_pool(
     records, skipped = [], []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         done = pool.map(materialise, chosen)
-        for cand, rec in tqdm(zip(chosen, done), total=len(chosen), desc="un-annotated pool", disable=not progress):
+        for cand, rec in tqdm(
+            zip(chosen, done, strict=True), total=len(chosen), desc="un-annotated pool", disable=not progress
+        ):
             if rec is None:
                 skipped.append(cand.id)
             else:
