@@ -281,8 +281,13 @@ class TagVocabulary:
         return cls(data["lang"], entries, meta)
 
     def save(self, path: str | PathLike[str]) -> Path:
+        """JSON with one tag per line, so the file reads (and diffs) as a table."""
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        data = self.to_dict()
+        tags = data.pop("tags")
+        head = json.dumps(data, ensure_ascii=False, indent=1)[:-2]  # drop the closing "\n}"
+        rows = ",\n".join("  " + json.dumps(t, ensure_ascii=False) for t in tags)
+        path.write_text(f'{head},\n "tags": [\n{rows}\n ]\n}}\n', encoding="utf-8")
         return path
 
     @classmethod

@@ -6,9 +6,10 @@ k = the rounded mean training tag count, k = the label-quantity prediction (LQP)
 and writes ``<runs>/tagging.md`` + ``<runs>/results.json`` (mean +- std over seeds). A seed/model whose
 ``result.json`` exists is skipped (resume).
 
-``--bundle DIR`` also trains the served tagger (the config's ``serve`` model, cascade + LQP) on the --data
-manifest's own train split — the split the served retrieval bundle was trained on — records its test metrics in
-``component.json`` and attaches it to the bundle.
+``--serve`` also trains the served tagger (the config's ``serve`` model: cascade + LQP + user-tag input) into
+``<runs>/component``, on the --data manifest's own train split — the split the served retrieval bundle was trained
+on — with val picking the epochs and its test metrics recorded in ``component.json``; ``--bundle DIR`` does the same
+and attaches it to that bundle (whose image encoder must emit the ``feature`` output).
 
     xlsearch-train-tagger --data data/tuxpaint --runs runs/tagging --features-from runs/demo --seeds 0,1,2,3,4
 """
@@ -108,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="experiment JSON")
     ap.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated split seeds")
     ap.add_argument("--models", help="comma-separated subset of the config's model names")
-    ap.add_argument("--bundle", help="train the served tagger and attach it to this bundle folder")
+    ap.add_argument("--serve", action="store_true", help="also train the served tagger into <runs>/component")
+    ap.add_argument(
+        "--bundle", help="train the served tagger and attach it to this bundle folder (implies --serve)"
+    )
     ap.add_argument("--stamps-root", help="Tux Paint stamps folder (default: the Debian package's)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = ap.parse_args(argv)
@@ -154,15 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
 
-    if args.bundle:
-        from xlsearch.components import attach_component
-
+    if args.serve or args.bundle:
         cfg = TaggerConfig.from_dict({**base, **config.get("serve", {"model": "cascade"})})
         component = train_tagger_component(
             manifest, features, runs / "component", cfg, input_feature, seed=0, extra_english=extra_en
         )
-        attach_component(Path(args.bundle), component)
-        print(f"\nserved tagger: {component} -> attached to {args.bundle}")
+        print(f"\nserved tagger: {component}")
+        if args.bundle:
+            from xlsearch.components import attach_component
+
+            attach_component(Path(args.bundle), component)
+            print(f"attached to {args.bundle}")
     return 0
 
 
