@@ -220,7 +220,15 @@ def test_experiment_cli_on_tiny_tuxpaint(tiny_run, tmp_path: Path) -> None:
 
     shutil.copytree(tiny_run.runs / "bundle", bundle)
     argv = ["--data", str(tiny_run.data), "--runs", str(runs), "--features-from", str(tiny_run.runs)]
-    argv += ["--seeds", "0,1", "--config", str(tmp_path / "config.json"), "--bundle", str(bundle)]
+    argv += [
+        "--seeds",
+        "0,1",
+        "--config",
+        str(tmp_path / "config.json"),
+        "--no-progress",
+        "--bundle",
+        str(bundle),
+    ]
     assert main(argv) == 0
     table = (runs / "tagging.md").read_text(encoding="utf-8")
     assert "| Cascading MLP | LQP |" in table and "| MLP (zh only) | oracle k |" in table and "±" in table

@@ -52,14 +52,19 @@ def load_features(
 
 
 def english_extra(
-    runs: Path, features_from: Path, config: dict[str, Any], stamps_root: str | None
+    runs: Path, features_from: Path, config: dict[str, Any], stamps_root: str | None, progress: bool = True
 ) -> tuple[dict[str, list[str]], dict[str, np.ndarray]]:
     """{id: English tags} and features of the English-only Tux Paint stamps."""
     from xlsearch.training.tagging.english_only import DEFAULT_STAMPS_ROOT, english_only_stamps
 
-    extra = english_only_stamps(runs / "english_only", Path(stamps_root or DEFAULT_STAMPS_ROOT))
+    extra = english_only_stamps(runs / "english_only", Path(stamps_root or DEFAULT_STAMPS_ROOT), progress)
     vectors, _ = load_features(extra, features_from, config, runs / "cache" / "features")
     return {r.id: image_tags_en(r) for r in extra.records if r.id in vectors}, vectors
+
+
+def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The config fields that change a result (not the progress display)."""
+    return {k: v for k, v in config.items() if k != "progress"}
 
 
 def run_one(
@@ -74,7 +79,7 @@ def run_one(
     path = out / "result.json"
     if path.exists():
         done = json.loads(path.read_text(encoding="utf-8"))
-        if done.get("config") == cfg.to_dict():
+        if _settings(done.get("config", {})) == _settings(cfg.to_dict()):
             return done
         print(f"      {path}: trained with another config; retraining")
     start = time.time()
@@ -115,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--stamps-root", help="Tux Paint stamps folder (default: the Debian package's)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -125,14 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     models: dict[str, dict[str, Any]] = config["models"]
     if args.models:
         models = {name: models[name.strip()] for name in args.models.split(",")}
-    base = config.get("train", {})
+    base = {**config.get("train", {}), "progress": not args.no_progress}
 
     manifest = ensure_dataset(data, args.stamps_root)
     features, input_feature = load_features(manifest, features_from, config)
     extra_en: dict[str, list[str]] | None = None
     wanted = [{**base, **o} for o in [*models.values(), config.get("serve", {})]]
     if any(c.get("english_only_images") for c in wanted):
-        extra_en, extra_vectors = english_extra(runs, features_from, config, args.stamps_root)
+        extra_en, extra_vectors = english_extra(
+            runs, features_from, config, args.stamps_root, not args.no_progress
+        )
         features = {**features, **extra_vectors}
         print(f"      {len(extra_en)} English-only stamps for the cascade's first stage")
 
