@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from xlsearch.atomic import write_text_atomic
 from xlsearch.onnx_runtime import make_session
 from xlsearch.preprocess import PreprocessConfig, preprocess
 from xlsearch.sentence import SentenceEncoder, build_sentence_encoder
@@ -60,10 +59,7 @@ def write_bundle_manifest(folder: str | Path, manifest: dict[str, Any]) -> dict[
         if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
     }
     out = dict(manifest, format=BUNDLE_FORMAT, files=files, content_hash=content_hash(files))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(out, f, ensure_ascii=False, indent=2)
-    os.replace(tmp, folder / MANIFEST)
+    write_text_atomic(folder / MANIFEST, json.dumps(out, ensure_ascii=False, indent=2))
     return out
 
 

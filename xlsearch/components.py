@@ -8,12 +8,11 @@ bundle image encoder's `feature` output, so attaching checks that it was trained
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from xlsearch.atomic import write_text_atomic
 from xlsearch.bundle import BundleError, read_bundle_manifest, write_bundle_manifest
 
 COMPONENT_SPEC = "component.json"
@@ -32,10 +31,7 @@ def write_component(folder: str | Path, kind: str, spec: dict[str, Any]) -> dict
     if "input_feature" not in spec:
         raise ComponentError(f"{folder}: a {kind} spec needs 'input_feature' (dim, backbone, preprocess)")
     out = {**spec, "kind": kind}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".component-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(out, f, ensure_ascii=False, indent=2)
-    os.replace(tmp, folder / COMPONENT_SPEC)
+    write_text_atomic(folder / COMPONENT_SPEC, json.dumps(out, ensure_ascii=False, indent=2))
     return out
 
 

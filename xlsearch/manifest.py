@@ -13,11 +13,12 @@ import json
 import math
 import os
 import random
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
+
+from xlsearch.atomic import write_text_atomic
 
 MANIFEST_NAME = "manifest.jsonl"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -172,17 +173,7 @@ def write_manifest(folder: str | os.PathLike[str], records: Iterable[Record]) ->
             raise ManifestError(target, lineno, reason)
         seen[rec.id] = lineno
         lines.append(json.dumps(obj, ensure_ascii=False) + "\n")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{MANIFEST_NAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.writelines(lines)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_text_atomic(target, "".join(lines))
 
 
 def _split_counts(n: int, fractions: Sequence[float]) -> list[int]:
