@@ -16,10 +16,10 @@ from xlsearch.datasets.tuxpaint import (
     DEFAULT_STAMPS_ROOT,
     ZH_LANG,
     SkipStamp,
-    _load,
-    _save_png,
     find_stamps,
+    load_stamp_image,
     parse_description,
+    save_stamp_png,
 )
 from xlsearch.manifest import Manifest, Record, read_manifest, write_manifest
 
@@ -42,10 +42,10 @@ def english_only_stamps(
         target = out / rel
         if not target.is_file():
             try:
-                img, _ = _load(stamp, 512)
+                img, _ = load_stamp_image(stamp, 512)
             except SkipStamp:
                 continue
-            _save_png(img, target)
+            save_stamp_png(img, target)
         records.append(Record(id=PREFIX + stamp.id, image=rel, split="train", en=[english]))
     write_manifest(out, records)
     return read_manifest(out)

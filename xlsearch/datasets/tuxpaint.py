@@ -129,7 +129,7 @@ def render_svg(path: Path, size: int = DEFAULT_SVG_SIZE) -> Image.Image:
     return img
 
 
-def _load(stamp: Stamp, svg_size: int) -> tuple[Image.Image, str]:
+def load_stamp_image(stamp: Stamp, svg_size: int) -> tuple[Image.Image, str]:
     """(flattened RGB image, source kind). Falls back to the SVG when the PNG is unreadable."""
     errors: list[str] = []
     if stamp.png is not None:
@@ -151,7 +151,7 @@ def _load(stamp: Stamp, svg_size: int) -> tuple[Image.Image, str]:
     raise SkipStamp("; ".join(errors))
 
 
-def _save_png(img: Image.Image, path: Path) -> None:
+def save_stamp_png(img: Image.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     img.save(tmp, format="PNG")
@@ -210,11 +210,11 @@ def convert_tuxpaint(
             sources["png" if stamp.png is not None else "svg"] += 1
         else:
             try:
-                img, kind = _load(stamp, svg_size)
+                img, kind = load_stamp_image(stamp, svg_size)
             except SkipStamp as exc:
                 skipped.append({"id": stamp.id, "reason": str(exc)})
                 continue
-            _save_png(img, target)
+            save_stamp_png(img, target)
             sources[kind] += 1
         converted.append((stamp.id, english, zh))
 
