@@ -225,8 +225,8 @@ def format_table(results: list[dict[str, Any]], strategies: list[str]) -> str:
             "words on average; "
             f"{100 * mean['test_reference_in_training_sentences']:.1f}% of test images have a reference that occurs "
             f"verbatim among the training sentences; {100 * mean['test_reference_words_unseen_in_training']:.1f}% "
-            "of the test reference words never occur in a training sentence (no generator trained here can "
-            "produce them).",
+            "of the test reference words never occur in a training sentence (neither a generator trained on them "
+            "nor the recommendation pool can produce those words).",
         ]
     return "\n".join(lines)
 
