@@ -168,7 +168,8 @@ def train_captioner_component(
             recs = recommend_for(bundle, manifest, ids, k=1)
             extra["nn_test_metrics"] = score_captions(test, {i: recs[i][0][0] for i in ids})
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_captioner(trained, out_dir, config, input_feature, training_pool(manifest), extra)
+    parity = np.stack([features[i] for i in sorted(test)]) if test else None
+    write_captioner(trained, out_dir, config, input_feature, training_pool(manifest), extra, parity)
     return out_dir
 
 

@@ -9,13 +9,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from torch import Tensor, nn
 
+from xlsearch.captioning import Captioner
 from xlsearch.components import write_component
 from xlsearch.training.captioning.model import ShowAndTell
-from xlsearch.training.captioning.train import CaptionerConfig, Trained
+from xlsearch.training.captioning.train import CaptionerConfig, Trained, decode
 
 EMBED_FILE, STEP_FILE, VOCAB_FILE = "image_embedding.onnx", "decoder_step.onnx", "vocab.json"
 TAG_VOCAB_FILE, POOL_FILE = "tag_vocab.json", "sentence_pool.json"
@@ -86,8 +88,10 @@ def write_captioner(
     input_feature: dict[str, Any],
     sentence_pool: list[str],
     extra: dict[str, Any] | None = None,
+    parity_features: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Write the component folder and its ``component.json``; returns the spec."""
+    """Write the component folder and its ``component.json``; returns the spec. With ``parity_features`` the exported
+    graphs + numpy beam search must give exactly the PyTorch model's sentences (greedy and beam) on those images."""
     folder = Path(folder)
     export_onnx(trained.model, folder)
     trained.vocab.save(folder / VOCAB_FILE)
@@ -114,4 +118,32 @@ def write_captioner(
             json.dumps(trained.tag_inputs.vocab, ensure_ascii=False), "utf-8"
         )
         spec["tag_vocab"] = TAG_VOCAB_FILE
-    return write_component(folder, "captioner", spec)
+    spec = write_component(folder, "captioner", spec)
+    if parity_features is not None and len(parity_features):
+        spec["onnx_parity"] = check_parity(trained, folder, spec, cfg, parity_features)
+        spec = write_component(folder, "captioner", {k: v for k, v in spec.items() if k != "kind"})
+    return spec
+
+
+def check_parity(
+    trained: Trained, folder: Path, spec: dict[str, Any], cfg: CaptionerConfig, features: np.ndarray
+) -> dict[str, Any]:
+    """Decode ``features`` with the ONNX component and with PyTorch (greedy and beam); raise on any difference."""
+    captioner = Captioner.load(folder, spec, intra_op_threads=1)
+    features = np.asarray(features, dtype=np.float32)
+    tag_lists = trained.tag_lists([], features) if trained.tag_inputs is not None else None
+    tag_bag = trained.tag_inputs.bag(tag_lists) if trained.tag_inputs is not None and tag_lists else None
+    for beam in sorted({1, cfg.beam_size}):
+        ours = captioner.generate(features, beam_size=beam, tags=tag_lists)
+        theirs = decode(
+            trained.model,
+            trained.vocab,
+            features,
+            tag_bag,
+            beam_size=beam,
+            max_len=cfg.max_len,
+            length_penalty=cfg.length_penalty,
+        )
+        if [h[0].tokens for h in ours] != [t[0][0] for t in theirs]:
+            raise RuntimeError(f"{folder}: ONNX decoding (beam {beam}) differs from the PyTorch model's")
+    return {"images": len(features), "beams": sorted({1, cfg.beam_size}), "identical_sentences": True}
