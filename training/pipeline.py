@@ -158,6 +158,20 @@ def run_variant(
     return result
 
 
+def select_variants(variants: dict[str, Any], wanted: str) -> dict[str, Any]:
+    """The variants named in `wanted` (names or slugs, comma-separated; names may themselves hold commas)."""
+    if wanted in variants:
+        return {wanted: variants[wanted]}
+    by_slug = {slug(k): k for k in variants}
+    chosen = []
+    for item in (w.strip() for w in wanted.split(",")):
+        name = item if item in variants else by_slug.get(slug(item))
+        if name is None:
+            raise SystemExit(f"xlsearch-train: unknown variant {item!r}; the config has: {', '.join(by_slug)}")
+        chosen.append(name)
+    return {k: variants[k] for k in chosen}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -166,7 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", default="runs/demo", help="output folder (bundles, caches, results)")
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="experiment JSON (backbone, variants)")
     ap.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated split seeds")
-    ap.add_argument("--variants", help="comma-separated subset of the config's variant names")
+    ap.add_argument(
+        "--variants",
+        help="comma-separated subset of the config's variants, by slug (e5-sentence-branch-joint-space-infonce) "
+        "or by name when the name has no comma",
+    )
     ap.add_argument("--stamps-root", help="Tux Paint stamps folder (default: the Debian package's)")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = ap.parse_args(argv)
@@ -177,8 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     variants = config["variants"]
     if args.variants:
-        wanted = [v.strip() for v in args.variants.split(",")]
-        variants = {k: variants[k] for k in wanted}
+        variants = select_variants(variants, args.variants)
 
     manifest = ensure_dataset(data, args.stamps_root)
     backbone = ensure_backbone(runs, config["backbone"], config.get("crop", "center"))
