@@ -84,8 +84,8 @@ def beam_search(
     length_penalty: float = 1.0,
     banned: Sequence[int] = (PAD_ID, UNK_ID),
 ) -> list[list[tuple[tuple[int, ...], float]]]:
-    """Length-normalised beam search for every row of the initial state; per image the ``n_best`` (token ids
-    without <eos>, summed log-prob) best first. ``beam_size`` 1 is greedy decoding.
+    """Length-normalised beam search for every row of the initial state; per image up to ``n_best`` (token ids
+    without <eos>, summed log-prob), best first. ``beam_size`` 1 is greedy decoding.
 
     Every step expands each live hypothesis with its ``beam_size`` best next tokens. Expansions ending in <eos> are
     finished (ranked by log-prob / (length incl. <eos>) ** length_penalty); the ``beam_size`` best other
@@ -108,15 +108,14 @@ def beam_search(
         logp = np.array(logp, dtype=np.float64)
         logp[:, never] = -np.inf
         if t == max_len:
-            keep = logp[:, eos].copy()
+            eos_logp = logp[:, eos].copy()
             logp[:] = -np.inf
-            logp[:, eos] = keep
+            logp[:, eos] = eos_logp
         next_live: list[list[tuple[tuple[int, ...], float, int]]] = []
         offset = 0  # first row of this image's hypotheses in logp / h_new
         for b, hyps in enumerate(live):
-            candidates: list[
-                tuple[float, int, int, int]
-            ] = []  # (-summed log-prob, position, token, hypothesis)
+            # (-summed log-prob, position, token, hypothesis): sorting ranks by log-prob, ties by position
+            candidates: list[tuple[float, int, int, int]] = []
             for j, (ids, log_prob, _) in enumerate(hyps):
                 scores = logp[offset + j]
                 for tok in _banned_by_ngram(ids, no_repeat_ngram):
