@@ -260,3 +260,65 @@ def test_experiment_cli_trains_benchmarks_and_resumes(synthetic, tmp_path):
     assert result_file.stat().st_mtime_ns == before
     assert main([*argv, "--report-only"]) == 0
     assert "A3VSE full" in (runs / "a3vse.md").read_text(encoding="utf-8")
+
+
+# -- in-domain tag concepts ---------------------------------------------------------------------------------------
+def test_tag_concepts_are_thresholded_deduplicated_and_sorted_by_confidence():
+    from xlsearch.training.a3vse.semantics import TagConceptConfig, rank_tag_concepts
+
+    pooled = np.array([[0.1, 0.9, 0.4, 0.05]])
+    windows = np.array([[[0.6, 0.1, 0.2, 0.7], [0.55, 0.95, 0.0, 0.0]]])
+    cfg = TagConceptConfig(top_k_pooled=3, top_k_region=2, min_probability=0.3, min_region_probability=0.5)
+    # pooled keeps 1 (0.9) and 2 (0.4); the windows add 3 (0.7) and 0 (max 0.6) and raise 1 to 0.95
+    assert rank_tag_concepts(pooled, windows, cfg) == [[(1, 0.95), (3, 0.7), (0, 0.6), (2, 0.4)]]
+    short = TagConceptConfig(top_k_pooled=3, top_k_region=2, min_probability=0.3, max_concepts=2)
+    assert rank_tag_concepts(pooled, windows, short) == [[(1, 0.95), (3, 0.7)]]
+    assert rank_tag_concepts(pooled, None, cfg) == [[(1, 0.9), (2, 0.4)]]  # global: the pooled vector only
+    low = np.array([[0.1, 0.2, 0.05, 0.0]])
+    assert rank_tag_concepts(low, None, cfg) == [[]]
+    assert rank_tag_concepts(low, None, TagConceptConfig(min_concepts=1)) == [[(1, 0.2)]]
+    with pytest.raises(ValueError):
+        TagConceptConfig(kind="regional")
+
+
+def test_tag_semantics_come_from_a_classifier_of_the_annotated_images_only(monkeypatch):
+    import xlsearch.training.tagging.train as tagging_train
+    from xlsearch.training.a3vse.semantics import TagConceptConfig, build_tag_semantics, region_windows
+
+    seen: dict[str, object] = {}
+    real_fit = tagging_train.fit_tagger
+
+    def spy(manifest, features, config, seed, **kw):
+        seen["records"] = sorted(r.id for r in manifest.records)
+        seen["features"] = sorted(features)
+        return real_fit(manifest, features, config, seed, **kw)
+
+    monkeypatch.setattr(tagging_train, "fit_tagger", spy)
+    rng = np.random.default_rng(0)
+    centres = {"red": rng.normal(size=16), "blue": rng.normal(size=16)}
+    words = {"red": "红色", "blue": "蓝色"}
+
+    def regions(colour: str, n: int) -> np.ndarray:  # [n, 2 x 2 cells, 16]
+        return (centres[colour] + 0.1 * rng.normal(size=(n, 4, 16))).astype(np.float16)
+
+    annotated = [
+        Record(f"{c}{k}", "x.png", "train", en=[], zh=[], tags_en=[c], tags_zh=[words[c]])
+        for c in ("red", "blue")
+        for k in range(6)
+    ]
+    ann_regions = np.concatenate([regions("red", 6), regions("blue", 6)])
+    un_ids = ["u-red", "u-blue"]
+    un_regions = np.concatenate([regions("red", 1), regions("blue", 1)])
+    tagger = {"model": "mlp", "hidden": 32, "dropout": 0.0, "epochs": 40, "select_on_val": False,
+              "lqp_epochs": 2, "vocab": {"zh_min_count": 1}}  # fmt: skip
+    for kind in ("tag_regional", "tag_global"):
+        cfg = TagConceptConfig(kind=kind, tagger=tagger, region_grid=2, min_probability=0.2)
+        sem = build_tag_semantics(un_ids, un_regions, annotated, ann_regions, cfg, seed=0)
+        assert seen["records"] == seen["features"] == sorted(r.id for r in annotated)
+        assert sem.tagger_images == [r.id for r in annotated] and sem.tag_vocabulary == 2
+        assert set(sem.zh) == set(un_ids)
+        assert sem.zh["u-red"].split()[0] == "红色" and sem.zh["u-blue"].split()[0] == "蓝色"
+        for image_id in un_ids:
+            assert set(sem.zh[image_id].split()) <= {"红色", "蓝色"}  # only tag-vocabulary words
+            assert set(sem.en[image_id].split()) <= {"red", "blue"}  # their English counterparts
+    assert [len(w) for w in region_windows(49, 3)] == [9] * 9

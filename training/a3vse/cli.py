@@ -32,7 +32,13 @@ from xlsearch.text import tokenizer_for
 from xlsearch.training.a3vse.bundle_writer import update_bundle_manifest, write_a3vse_bundle
 from xlsearch.training.a3vse.regions import RegionStore, build_region_extractor, extract_regions
 from xlsearch.training.a3vse.report import format_a3vse_results
-from xlsearch.training.a3vse.semantics import SemanticsConfig, build_semantics
+from xlsearch.training.a3vse.semantics import (
+    TAG_SEMANTICS,
+    SemanticsConfig,
+    TagConceptConfig,
+    build_semantics,
+    build_tag_semantics,
+)
 from xlsearch.training.a3vse.train import (
     A3VSETrainConfig,
     Annotated,
@@ -156,8 +162,14 @@ def strip_text(split: Manifest, keep: set[str]) -> Manifest:
     return Manifest(split.root, records)
 
 
+def unannotated_ids(prep: Prepared, split: Manifest, keep: set[str]) -> list[str]:
+    """The training images whose text is hidden, then the extra pool."""
+    index = prep.store.index()
+    return [r.id for r in split.split("train") if r.id not in keep and r.id in index] + prep.pool_ids
+
+
 def _lang_data(
-    prep: Prepared, split: Manifest, keep: set[str], lang: str, kind: str
+    prep: Prepared, split: Manifest, keep: set[str], lang: str, sem: dict[str, list[str]]
 ) -> tuple[Annotated, Unannotated, Queries]:
     index = prep.store.index()
     tok = tokenizer_for(lang)
@@ -165,8 +177,7 @@ def _lang_data(
     annotated = Annotated(
         np.array([index[r.id] for r in ann]), [[tok.tokenize(s) for s in getattr(r, lang)] for r in ann]
     )
-    un_ids = [r.id for r in split.split("train") if r.id not in keep and r.id in index] + prep.pool_ids
-    sem = prep.semantics.get(f"{kind}:{lang}", {})
+    un_ids = unannotated_ids(prep, split, keep)
     unannotated = Unannotated(np.array([index[i] for i in un_ids]), [sem.get(i, []) for i in un_ids])
     val_recs = [r for r in split.split("val") if r.id in index and getattr(r, lang)]
     tokens, relevant = [], []
@@ -195,6 +206,39 @@ def _word_vectors(cfg: A3VSETrainConfig, sentence_spec: dict | None, lang: str, 
     return lambda tokens: cached_encode(encoder, tokens, SENTENCE_ROLE[lang], cache)  # type: ignore[arg-type]
 
 
+def run_tag_semantics(
+    prep: Prepared, split: Manifest, keep: set[str], tag_cfg: TagConceptConfig, seed: int, out: Path
+) -> tuple[dict[str, dict[str, list[str]]], dict[str, Any]]:
+    """This run's in-domain concepts: a tag classifier fitted on the annotated training images only, applied to
+    the un-annotated ones. Returns ({lang: image id -> tokens}, summary); the sequences go to out/concepts.json."""
+    index = prep.store.index()
+    annotated = [r for r in split.split("train") if r.id in keep and r.id in index]
+    un_ids = unannotated_ids(prep, split, keep)
+    sem = build_tag_semantics(
+        un_ids,
+        prep.store.regions[[index[i] for i in un_ids]],
+        annotated,
+        prep.store.regions[[index[r.id] for r in annotated]],
+        tag_cfg,
+        seed,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "concepts.json").write_text(json.dumps({"zh": sem.zh, "en": sem.en}, ensure_ascii=False), "utf-8")
+    tokens = {
+        lang: {i: tokenizer_for(lang).tokenize(s) if s else [] for i, s in seqs.items()}
+        for lang, seqs in (("zh", sem.zh), ("en", sem.en))
+    }
+    summary = {
+        "config": dataclasses.asdict(tag_cfg),
+        "tagger_images": len(sem.tagger_images),
+        "tag_vocabulary": sem.tag_vocabulary,
+        "mean_concepts": round(sem.mean_concepts, 3),
+        "with_concepts": round(sum(bool(s) for s in sem.zh.values()) / max(len(sem.zh), 1), 4),
+        "coverage_en": round(sem.coverage_en, 4),
+    }
+    return tokens, summary
+
+
 def run_a3vse(
     name: str,
     cfg: A3VSETrainConfig,
@@ -206,11 +250,19 @@ def run_a3vse(
     out: Path,
     sentence_cache: Path,
     progress: bool,
+    tag_cfg: TagConceptConfig | None = None,
 ) -> dict[str, Any]:
     t0 = time.time()
-    kind = cfg.semantics if cfg.semantics != "none" else "regional"
-    zh = _lang_data(prep, split, keep, "zh", kind)
-    en = _lang_data(prep, split, keep, "en", kind)
+    concepts: dict[str, Any] = {}
+    if cfg.semantics in TAG_SEMANTICS:
+        if tag_cfg is None:
+            raise ValueError(f"semantics {cfg.semantics!r} needs a tag concept config")
+        sem, concepts = run_tag_semantics(prep, split, keep, tag_cfg, seed, out)
+    else:
+        kind = cfg.semantics if cfg.semantics != "none" else "regional"
+        sem = {lang: prep.semantics.get(f"{kind}:{lang}", {}) for lang in ("zh", "en")}
+    zh = _lang_data(prep, split, keep, "zh", sem["zh"])
+    en = _lang_data(prep, split, keep, "en", sem["en"])
     words = {lang: _word_vectors(cfg, sentence_spec, lang, sentence_cache) for lang in ("zh", "en")}
     model, text_zh = train_a3vse(cfg, prep.store, *zh, seed=seed, progress=progress, word_vectors=words["zh"])
     text_en = train_text_into(
@@ -235,6 +287,7 @@ def run_a3vse(
         "annotated_images": len(zh[0].rows),
         "unannotated_images": len(zh[1].rows),
         "semantic_pairs": sum(bool(s) for s in zh[1].semantics) if cfg.semantics != "none" else 0,
+        **({"tag_concepts": concepts} if concepts else {}),
         **metrics,
     }
 
@@ -395,16 +448,25 @@ def main(argv: list[str] | None = None) -> int:
                         progress,
                     )  # fmt: skip
                 else:
+                    spec = dict(spec)
+                    tag_over = spec.pop("tag_semantics", {})
                     cfg = A3VSETrainConfig.from_dict({**config.get("train", {}), **spec})
+                    tag_cfg = None
+                    if cfg.semantics in TAG_SEMANTICS:
+                        tag_cfg = TagConceptConfig.from_dict(
+                            {**config.get("tag_semantics", {}), **tag_over, "kind": cfg.semantics}
+                        )
                     r = run_a3vse(
-                        name, cfg, prep, split, keep, seed, sentence_spec, out, sentence_cache, progress
-                    )
+                        name, cfg, prep, split, keep, seed, sentence_spec, out, sentence_cache, progress,
+                        tag_cfg,
+                    )  # fmt: skip
                 r = {"variant": name, "seed": seed, "fraction": float(fraction), **r}
                 path.write_text(json.dumps(r, indent=1, ensure_ascii=False))
                 results.append(r)
                 rows = r["rows"]
                 print(
                     f"      seed {seed} ann {fraction} {name}: CM {rows['CM']['mrr']:.3f} "
+                    f"val {r['best_val']['zh']['mrr']:.3f} "
                     f"i2t {rows['CM i2t']['mrr']:.3f} CLM[sentence] "
                     f"{rows.get('CLM[sentence]', {}).get('mrr', float('nan')):.3f} ({r['train_seconds']} s)",
                     flush=True,

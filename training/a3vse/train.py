@@ -34,6 +34,7 @@ from xlsearch.training.a3vse.model import (
     grl_coefficient,
 )
 from xlsearch.training.a3vse.regions import RegionStore
+from xlsearch.training.a3vse.semantics import SEMANTICS
 
 ADVERSARIAL_GROUPS = ("intra", "cross", "trans")
 # Sec. 4.3
@@ -50,7 +51,9 @@ class A3VSETrainConfig:
     temperature: float = 0.0
     word_dim: int = 300
     disc_hidden: int = 256
-    semantics: str = "regional"  # "regional" | "global" | "none" (which concept sequences pair with D^u)
+    # which concept sequences pair with D^u: "regional" | "global" (ImageNet), "tag_regional" | "tag_global" (the
+    # run's tag classifier) | "none"
+    semantics: str = "regional"
     adversarial: list[str] = field(default_factory=lambda: list(ADVERSARIAL_GROUPS))
     lambdas: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LAMBDAS))
     alpha_vt: float = 0.2
@@ -80,8 +83,8 @@ class A3VSETrainConfig:
             raise ValueError(f"unknown adversarial groups {sorted(unknown)}; expected {ADVERSARIAL_GROUPS}")
         if self.word_init not in ("random", "sentence_encoder"):
             raise ValueError(f"word_init must be random or sentence_encoder, got {self.word_init!r}")
-        if self.semantics not in ("regional", "global", "none"):
-            raise ValueError(f"semantics must be regional, global or none, got {self.semantics!r}")
+        if self.semantics not in SEMANTICS:
+            raise ValueError(f"semantics must be one of {SEMANTICS}, got {self.semantics!r}")
 
     def model_config(self, region_dim: int) -> A3VSEModelConfig:
         return A3VSEModelConfig(
