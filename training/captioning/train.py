@@ -288,7 +288,10 @@ def fit(
     return best, history
 
 
-def _new_model(feature_dim: int, vocab: Vocab, cfg: CaptionerConfig, tag_dim: int = 0) -> ShowAndTell:
+def _new_model(
+    feature_dim: int, vocab: Vocab, cfg: CaptionerConfig, seed: int, tag_dim: int = 0
+) -> ShowAndTell:
+    torch.manual_seed(seed)  # the initial weights depend only on the seed, not on what ran before
     return ShowAndTell(
         feature_dim, len(vocab), tag_dim, cfg.word_dim, cfg.hidden, cfg.dropout, cfg.feature_scale
     )
@@ -306,7 +309,7 @@ def train_strategy(strategy: str, data: SplitData, cfg: CaptionerConfig, seed: i
 
     if strategy == "monolingual":
         vocab = zh_vocab(zh_train)
-        model = _new_model(feature_dim, vocab, cfg)
+        model = _new_model(feature_dim, vocab, cfg, seed)
         best, hist = fit(
             model, vocab, zh_train, "zh", data, val, cfg, lr=cfg.lr, epochs=cfg.epochs, seed=seed, desc="zh"
         )
@@ -316,7 +319,7 @@ def train_strategy(strategy: str, data: SplitData, cfg: CaptionerConfig, seed: i
         en_vocab = build_caption_vocab(
             segment_all([s for texts in data.en["train"].values() for s in texts], "en"), cfg.min_count
         )
-        en_model = _new_model(feature_dim, en_vocab, cfg)
+        en_model = _new_model(feature_dim, en_vocab, cfg, seed)
         en_val = Evaluator(data.en["val"], data.features, "en")
         en_best, en_hist = fit(
             en_model,
@@ -332,7 +335,7 @@ def train_strategy(strategy: str, data: SplitData, cfg: CaptionerConfig, seed: i
             desc="en",
         )
         vocab = zh_vocab(zh_train)
-        model = _new_model(feature_dim, vocab, cfg)
+        model = _new_model(feature_dim, vocab, cfg, seed)
         model.w_im.load_state_dict(en_model.w_im.state_dict())  # keep only W_im; the LSTM etc. are new
         best, hist = fit(
             model,
@@ -358,7 +361,7 @@ def train_strategy(strategy: str, data: SplitData, cfg: CaptionerConfig, seed: i
                 "Sequential Learning needs corpus A (e.g. the OpenCC-converted zh_TW descriptions)"
             )
         vocab = zh_vocab(data.corpus_a, zh_train)  # the joint vocabulary of A and B
-        model = _new_model(feature_dim, vocab, cfg)
+        model = _new_model(feature_dim, vocab, cfg, seed)
         a_best, a_hist = fit(
             model,
             vocab,
@@ -393,7 +396,7 @@ def train_strategy(strategy: str, data: SplitData, cfg: CaptionerConfig, seed: i
         if data.tags is None:
             raise ValueError("captioning with tags needs tag inputs")
         vocab = zh_vocab(zh_train)
-        model = _new_model(feature_dim, vocab, cfg, tag_dim=len(data.tags.vocab))
+        model = _new_model(feature_dim, vocab, cfg, seed, tag_dim=len(data.tags.vocab))
         best, hist = fit(
             model,
             vocab,
