@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from xlsearch.index import DEFAULT_FACTORY, BundleKey, IndexFormatError
 from xlsearch.indexer.job import (
+    DEFAULT_MIN_TAG_SCORE,
     BundleEncoder,
     Checkpoint,
     ImageDecoder,
@@ -70,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not store the bundle tagger's predicted Chinese tags (only the source's own tags)",
     )
+    ap.add_argument(
+        "--min-tag-score",
+        type=float,
+        default=DEFAULT_MIN_TAG_SCORE,
+        help="store a predicted tag only when its probability reaches this (default: %(default)s)",
+    )
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
 
@@ -116,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_job(
             source,
             ImageDecoder(bundle.preprocess_config, args.max_image_bytes),
-            BundleEncoder(bundle, predict_tags=not args.no_predicted_tags),
+            BundleEncoder(bundle, predict_tags=not args.no_predicted_tags, min_tag_score=args.min_tag_score),
             Checkpoint.next_to(args.out, BundleKey.of(bundle)),
             writer,
             batch_size=args.batch_size,
@@ -133,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "chunk_size",
                     "max_image_bytes",
                     "no_predicted_tags",
+                    "min_tag_score",
                 )
             },
         )

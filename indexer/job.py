@@ -35,6 +35,9 @@ from xlsearch.index import BundleKey, ImageIndex, ImageMeta
 from xlsearch.indexer.sources import Source, SourceItem
 from xlsearch.preprocess import DEFAULT_MAX_PIXELS, ImageError, PreprocessConfig, load_image, preprocess
 
+# Stored predicted tags need at least this probability (the Tag RPC still returns every top-m^ tag with its score).
+DEFAULT_MIN_TAG_SCORE = 0.3
+
 __all__ = [
     "BundleEncoder",
     "Checkpoint",
@@ -107,10 +110,11 @@ class BundleEncoder:
     """The bundle's encoders. Image vectors equal ``Bundle.encode_images`` (same crop averaging and
     re-normalisation), so images indexed here and images added to a running server are comparable."""
 
-    def __init__(self, bundle: Any, predict_tags: bool = True):
+    def __init__(self, bundle: Any, predict_tags: bool = True, min_tag_score: float = DEFAULT_MIN_TAG_SCORE):
         self.bundle = bundle
         self.dim = int(bundle.dim)
         self.tagger = getattr(bundle, "tagger", None) if predict_tags else None
+        self.min_tag_score = min_tag_score
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         if pixels.ndim == 4:
@@ -132,8 +136,7 @@ class BundleEncoder:
                 _l2n(v.reshape(n, crops, -1).mean(axis=1)),
                 _l2n(f.reshape(n, crops, -1).mean(axis=1)),
             )
-        tags = [tuple(t.tag for t in scored) for scored in self.tagger.predict(feats)]
-        return vecs, tags
+        return vecs, confident_tags(self.tagger.predict(feats), self.min_tag_score)
 
     def encode_captions(self, texts: list[str]) -> np.ndarray:
         return self.bundle.cl_vectors(texts, "en")
@@ -141,6 +144,12 @@ class BundleEncoder:
 
 def _l2n(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def confident_tags(predicted: Sequence[Sequence[Any]], min_score: float) -> list[tuple[str, ...]]:
+    """Per image, the predicted tags (LQP's top m^) whose probability reaches ``min_score``: a tag the tagger
+    itself doubts would only make the tag filter return wrong images."""
+    return [tuple(t.tag for t in scored if t.score >= min_score) for scored in predicted]
 
 
 def merge_tags(given: Sequence[str], predicted: Sequence[str]) -> tuple[str, ...]:

@@ -47,7 +47,7 @@ for q in "一只红色的袋鼠" "青蛙" "一辆红色的消防车" "在水里�
   echo "== xlsearch search \"$q\" --top-k 5"
   "$X" search "$q" --top-k 5 --target "$target"
 done
-image=/usr/share/tuxpaint/stamps/animals/amphibians/frog-1.png
+image=/usr/share/tuxpaint/stamps/animals/birds/penguin.png
 [ -f "$image" ] || image=$(find /usr/share/tuxpaint/stamps -name '*.png' | sort | head -1)
 echo
 echo "== xlsearch tag $image"

@@ -83,7 +83,9 @@ def load_engine(settings: ServerSettings) -> Any:
         beam_size=settings.caption_beam_size,
         recommend_k=settings.recommend_k,
     )
-    engine = SearchEngine(bundle, index, limits=limits, annotate_limits=annotate)
+    engine = SearchEngine(
+        bundle, index, limits=limits, annotate_limits=annotate, min_tag_score=settings.min_tag_score
+    )
     if callable(getattr(engine, "warmup", None)):
         engine.warmup()  # lazy encoders load now, so health turns SERVING only when the first search is fast
     return engine

@@ -55,6 +55,9 @@ class ServerSettings(BaseSettings):
     max_add_bytes: int = Field(256 * MiB, gt=0, description="most image bytes one AddImages stream may carry")
     require_chinese: bool = Field(True, description="refuse queries without a Chinese character")
     max_tag_k: int = Field(100, gt=0, description="largest k a Tag call may ask for")
+    min_tag_score: float = Field(
+        0.3, ge=0, le=1, description="AddImages stores a predicted tag only with at least this probability"
+    )
     max_n_best: int = Field(10, gt=0, description="most captions a Caption call may ask for")
     caption_beam_size: int = Field(3, gt=0, description="beam width of caption decoding (raised to n_best)")
     recommend_k: int = Field(5, gt=0, description="sentences a Caption call recommends when asked")

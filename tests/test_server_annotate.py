@@ -25,7 +25,7 @@ def served(
 
     index = tmp_path_factory.mktemp("annotated") / "index"
     shutil.copytree(tiny_annotated_index, index)
-    st = ServerThread(test_settings(bundle=tiny_annotated_bundle, index=index))
+    st = ServerThread(test_settings(bundle=tiny_annotated_bundle, index=index, min_tag_score=0.0))
     assert st.wait_ready(), st.server.slot.error
     yield st
     st.stop()
@@ -177,3 +177,15 @@ def test_added_images_get_predicted_tags(stub, stamps):
     resp = stub.Search(pb.SearchRequest(query="一只动物", top_k=1000, tags=[tags[0].tag]), timeout=60)
     hit = next(h for h in resp.hits if h.id == "added/one")
     assert set(hit.tags) == {t.tag for t in tags}
+
+
+def test_only_confident_predicted_tags_are_stored():
+    from xlsearch.indexer.job import confident_tags
+    from xlsearch.tagging import TagScore
+
+    predicted = [
+        [TagScore("企鹅", 0.97, "penguin"), TagScore("鸟", 0.31, "bird"), TagScore("英国", 0.06, "uk")],
+        [],
+    ]
+    assert confident_tags(predicted, 0.3) == [("企鹅", "鸟"), ()]
+    assert confident_tags(predicted, 0.0) == [("企鹅", "鸟", "英国"), ()]

@@ -222,6 +222,7 @@ class SearchEngine:
         persist: bool = True,
         encode_batch: int = 16,
         annotate_limits: Any = None,
+        min_tag_score: float = 0.3,
     ):
         index.check_compatible(bundle)
         self.bundle, self.index = bundle, index
@@ -236,6 +237,9 @@ class SearchEngine:
         text = bundle.manifest.get("text_encoders", {}) if hasattr(bundle, "manifest") else {}
         self._annotator: Any = None
         self._annotate_limits = annotate_limits  # xlsearch.annotate.AnnotateLimits (None: its defaults)
+        self.min_tag_score = (
+            min_tag_score  # predicted tags stored for added images (as `xlsearch index` does)
+        )
         self._zh_uses_sentence = bool(text.get("zh", {}).get("sentence_dim", 0))
 
     @property
@@ -513,7 +517,10 @@ class SearchEngine:
                 continue
             emb, feats = self.bundle.encode_images_with_features(batch)
             vecs.append(emb)
-            tags.extend(tuple(t.tag for t in scored) for scored in tagger.predict(feats))
+            tags.extend(
+                tuple(t.tag for t in scored if t.score >= self.min_tag_score)
+                for scored in tagger.predict(feats)
+            )
         return np.concatenate(vecs), tags
 
     def _prepare(self, n: int, item: NewImage) -> tuple[ImageMeta, Image.Image]:
