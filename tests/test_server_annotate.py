@@ -189,3 +189,11 @@ def test_only_confident_predicted_tags_are_stored():
     ]
     assert confident_tags(predicted, 0.3) == [("企鹅", "鸟"), ()]
     assert confident_tags(predicted, 0.0) == [("企鹅", "鸟", "英国"), ()]
+
+
+def test_annotate_latency_benchmark_runs_every_call(served, stamps):
+    from xlsearch.annotate_bench import run
+
+    result = run(served.address, [p.read_bytes() for _, p in stamps[:2]], repeat=1, timeout=60)
+    rows = {k: v for k, v in result.items() if isinstance(v, dict) and "p50" in v}
+    assert len(rows) == 3 and all(v["n"] == 2 and 0 < v["p50"] <= v["max"] for v in rows.values())
