@@ -224,10 +224,10 @@ def run_tag_semantics(
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / "concepts.json").write_text(json.dumps({"zh": sem.zh, "en": sem.en}, ensure_ascii=False), "utf-8")
-    tokens = {
-        lang: {i: tokenizer_for(lang).tokenize(s) if s else [] for i, s in seqs.items()}
-        for lang, seqs in (("zh", sem.zh), ("en", sem.en))
-    }
+    tokens = {}
+    for lang, seqs in (("zh", sem.zh), ("en", sem.en)):
+        tok = tokenizer_for(lang)  # one instance: each new jieba tokenizer loads its dictionary
+        tokens[lang] = {i: tok.tokenize(s) if s else [] for i, s in seqs.items()}
     summary = {
         "config": dataclasses.asdict(tag_cfg),
         "tagger_images": len(sem.tagger_images),
