@@ -117,6 +117,18 @@ def test_hardest_negative_triplet_on_a_hand_made_batch():
     assert hardest_negative_triplet(a3, b3, 0.5).item() == pytest.approx(expected)
 
 
+def test_identical_pseudo_texts_are_not_each_others_negatives():
+    from xlsearch.training.a3vse.train import same_sequence
+
+    same = same_sequence([["字母"], ["青蛙"], ["字母"]])
+    assert same.tolist() == [[False, False, True], [False, False, False], [True, False, False]]
+    v = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    # images 0 and 2 share one concept sequence (same text vector): with them as negatives the loss cannot go below
+    # 2 * margin for those two pairs; masked, the batch is perfectly aligned
+    assert hardest_negative_triplet(v, v, 0.3).item() == pytest.approx(2 * 0.6 / 3)
+    assert hardest_negative_triplet(v, v, 0.3, same).item() == 0.0
+
+
 def test_image_to_text_ranks_take_the_best_relevant_sentence():
     scores = np.array([[0.9, 0.1], [0.2, 0.3], [0.5, 0.4]])  # 3 sentences x 2 images
     relevant = np.array([0, 1, 1])  # sentences 1 and 2 describe image 1

@@ -7,12 +7,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def hardest_negative_triplet(a: Tensor, b: Tensor, margin: float) -> Tensor:
+def hardest_negative_triplet(
+    a: Tensor, b: Tensor, margin: float, not_negative: Tensor | None = None
+) -> Tensor:
     """Eq. 2 for L aligned pairs (a_i, b_i) of L2-normalised vectors (S = cosine = inner product):
-    mean_i [margin - S(a_i,b_i) + max_j!=i S(a_i,b_j)]_+ + [margin - S(a_i,b_i) + max_j!=i S(a_j,b_i)]_+."""
+    mean_i [margin - S(a_i,b_i) + max_j!=i S(a_i,b_j)]_+ + [margin - S(a_i,b_i) + max_j!=i S(a_j,b_i)]_+.
+    `not_negative` [L, L] (optional, symmetric): pairs (i, j) excluded from the negatives as well, e.g. images whose
+    pseudo-texts are identical (their hardest negative would otherwise be their own positive, a loss floor)."""
     scores = a @ b.T
     positive = scores.diagonal()
-    off = scores.masked_fill(torch.eye(len(scores), dtype=torch.bool, device=scores.device), float("-inf"))
+    mask = torch.eye(len(scores), dtype=torch.bool, device=scores.device)
+    if not_negative is not None:
+        mask = mask | not_negative
+    off = scores.masked_fill(mask, float("-inf"))
     hardest_b = off.max(dim=1).values  # for each a_i, the most similar wrong b
     hardest_a = off.max(dim=0).values  # for each b_i, the most similar wrong a
     return (F.relu(margin - positive + hardest_b) + F.relu(margin - positive + hardest_a)).mean()

@@ -73,6 +73,9 @@ class A3VSETrainConfig:
     max_len: int = 32
     min_count: int = 1
     en_epochs: int = 10
+    # semantic triplet negatives: "all" in-batch images (Eq. 2), or "distinct": not the images whose concept sequence
+    # is identical to the positive's (many un-annotated images share one, e.g. a single frequent tag)
+    semantic_negatives: str = "all"
     # "random" (Xavier-like default) or "sentence_encoder": word embeddings start from the pretrained multilingual
     # sentence encoder's vector of each vocabulary token (the paper starts from GloVe; word_dim must equal its dim)
     word_init: str = "random"
@@ -83,6 +86,8 @@ class A3VSETrainConfig:
             raise ValueError(f"unknown adversarial groups {sorted(unknown)}; expected {ADVERSARIAL_GROUPS}")
         if self.word_init not in ("random", "sentence_encoder"):
             raise ValueError(f"word_init must be random or sentence_encoder, got {self.word_init!r}")
+        if self.semantic_negatives not in ("all", "distinct"):
+            raise ValueError(f"semantic_negatives must be all or distinct, got {self.semantic_negatives!r}")
         if self.semantics not in SEMANTICS:
             raise ValueError(f"semantics must be one of {SEMANTICS}, got {self.semantics!r}")
 
@@ -199,6 +204,18 @@ def _val_mrr(image_vecs: np.ndarray, text_vecs: np.ndarray, q: Queries) -> dict[
     return retrieval_metrics(text_vecs @ image_vecs.T, q.relevant)
 
 
+def same_sequence(seqs: list[list[str]]) -> Tensor:
+    """[B, B] bool: True where two different rows carry the identical token sequence."""
+    keys = [tuple(s) for s in seqs]
+    same = torch.tensor([[x == y for y in keys] for x in keys], dtype=torch.bool)
+    return same & ~torch.eye(len(keys), dtype=torch.bool)
+
+
+def _semantic_triplet(cfg: A3VSETrainConfig, images: Tensor, texts: Tensor, seqs: list[list[str]]) -> Tensor:
+    mask = same_sequence(seqs) if cfg.semantic_negatives == "distinct" else None
+    return hardest_negative_triplet(images, texts, cfg.alpha_vs, mask)
+
+
 def _semantic_pairs(un: Unannotated | None) -> Unannotated | None:
     """The un-annotated images that have a non-empty concept sequence."""
     if un is None:
@@ -265,8 +282,9 @@ def train_a3vse(
                 uidx, order_u = order_u[:b_u], order_u[b_u:]
                 domains["vu"] = model.visual(store.take(pool.rows[uidx]))
                 if use_sem:
-                    domains["s"] = _text(model.text, vocab, [pool.semantics[i] for i in uidx], cfg.max_len)
-                    tri_vs = hardest_negative_triplet(domains["vu"], domains["s"], cfg.alpha_vs)
+                    seqs = [pool.semantics[i] for i in uidx]
+                    domains["s"] = _text(model.text, vocab, seqs, cfg.max_len)
+                    tri_vs = _semantic_triplet(cfg, domains["vu"], domains["s"], seqs)
                     parts["tri_vs"] = tri_vs
                     loss = cfg.beta * tri_vt + (1 - cfg.beta) * tri_vs
             for name, a, b, group in DOMAIN_PAIRS:
@@ -343,10 +361,9 @@ def train_text_into(
             )
             if sem is not None and img_u is not None and b_u >= 2:
                 uidx = rng.choice(len(sem.rows), b_u, replace=False)
-                s = _text(encoder, vocab, [sem.semantics[i] for i in uidx], cfg.max_len)
-                loss = cfg.beta * loss + (1 - cfg.beta) * hardest_negative_triplet(
-                    img_u[uidx], s, cfg.alpha_vs
-                )
+                seqs = [sem.semantics[i] for i in uidx]
+                s = _text(encoder, vocab, seqs, cfg.max_len)
+                loss = cfg.beta * loss + (1 - cfg.beta) * _semantic_triplet(cfg, img_u[uidx], s, seqs)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(encoder.parameters(), cfg.grad_clip)
