@@ -221,7 +221,7 @@ def test_experiment_cli_trains_benchmarks_and_resumes(synthetic, tmp_path):
     config.update(
         sentence_encoder=None,
         pool={"tuxpaint_stamps": None, "folders": [str(pool_src)], "cap": 4},
-        fractions={"0.5": ["A3VSE full"]},
+        fractions={"0.5": ["A3VSE full", "A3VSE full (tag concepts)"]},
         serve_fraction=0.5,
     )
     config["train"] = {
@@ -245,7 +245,7 @@ def test_experiment_cli_trains_benchmarks_and_resumes(synthetic, tmp_path):
     assert main(argv) == 0
 
     results = json.loads((runs / "results.json").read_text(encoding="utf-8"))
-    assert [r["variant"] for r in results] == ["A3VSE full"]
+    assert [r["variant"] for r in results] == ["A3VSE full", "A3VSE full (tag concepts)"]
     n_train = len(read_manifest(runs / "splits" / "seed0").split("train"))
     for r in results:
         assert r["fraction"] == 0.5 and r["annotated_images"] == round(0.5 * n_train)
@@ -253,6 +253,13 @@ def test_experiment_cli_trains_benchmarks_and_resumes(synthetic, tmp_path):
         for row in ("CM", "CM i2t", "CLM[visual]"):
             assert {"mrr", "r@1", "r@5", "r@10"} <= set(r["rows"][row])
     assert 0 < results[0]["semantic_pairs"] <= results[0]["unannotated_images"]
+    # tag concepts: a tagger of the run's annotated images only; one concept sequence per un-annotated image
+    tag = results[1]["tag_concepts"]
+    assert tag["tagger_images"] == results[1]["annotated_images"] and tag["tag_vocabulary"] > 0
+    concepts = json.loads(
+        (runs / "seed0" / "ann50" / "a3vse-full-tag-concepts" / "concepts.json").read_text("utf-8")
+    )
+    assert len(concepts["zh"]) == results[1]["unannotated_images"] == results[1]["semantic_pairs"]
     # hidden training text does not shrink the "all images" candidates
     assert results[0]["candidates_all"] == 30
     table = (runs / "a3vse.md").read_text(encoding="utf-8")
