@@ -16,7 +16,7 @@ from xlsearch.benchmark import image_to_text_ranks
 from xlsearch.bundle import Bundle, read_bundle_manifest
 from xlsearch.manifest import Record, read_manifest, write_manifest
 from xlsearch.onnx_runtime import make_session
-from xlsearch.training.a3vse.bundle_writer import export_a3vse_text_encoder
+from xlsearch.training.a3vse.bundle_writer import export_a3vse_text_encoder, text_input_names
 from xlsearch.training.a3vse.losses import domain_loss, hardest_negative_triplet
 from xlsearch.training.a3vse.model import (
     A3VSEImageEncoder,
@@ -28,7 +28,15 @@ from xlsearch.training.a3vse.model import (
     grad_reverse,
     grl_coefficient,
 )
-from xlsearch.training.a3vse.regions import build_region_extractor
+from xlsearch.training.a3vse.regions import RegionStore, build_region_extractor
+from xlsearch.training.a3vse.train import (
+    A3VSETrainConfig,
+    Annotated,
+    Queries,
+    Unannotated,
+    train_a3vse,
+    train_text_into,
+)
 from xlsearch.training.export_image import FEATURE_NAME, OUTPUT_NAME, compare_with_onnx, export_image_encoder
 
 TINY = A3VSEModelConfig(region_dim=1280, hidden=16, heads=3, context_dim=8, word_dim=8, disc_hidden=8)
@@ -169,6 +177,57 @@ def test_text_encoder_onnx_parity_over_batch_and_length(tmp_path):
     got = session.run(None, {"token_ids": ids.numpy(), "lengths": lengths.numpy()})[0]
     with torch.no_grad():
         np.testing.assert_allclose(got, enc(ids, lengths).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["fused", "sentence_only"])
+def test_sentence_branch_text_encoder_uses_the_sentence_embedding_and_exports_with_parity(mode, tmp_path):
+    torch.manual_seed(0)
+    cfg = A3VSEModelConfig(**{**TINY.to_dict(), "sentence_dim": 12, "text_mode": mode})
+    enc = TextEncoder(cfg, vocab_size=30).eval()
+    ids = torch.tensor([[3, 4, 5, 6, 7], [10, 11, 0, 0, 0], [12, 0, 0, 0, 0]])
+    lengths = torch.tensor([5, 2, 1])
+    sentence = F.normalize(torch.randn(3, 12), dim=1)
+    with torch.no_grad():
+        out = enc(ids, lengths, sentence)
+        other = enc(ids, lengths, sentence.flip(0))
+    assert out.shape == (3, cfg.embed_dim)
+    np.testing.assert_allclose(out.norm(dim=1).numpy(), 1.0, atol=1e-5)
+    assert not torch.allclose(out[0], other[0], atol=1e-3)  # the sentence embedding changes the output
+    with pytest.raises(ValueError, match="sentence embedding"):
+        enc(ids, lengths)
+
+    path = export_a3vse_text_encoder(enc, tmp_path / "text.onnx")
+    session = make_session(path)
+    names = [i.name for i in session.get_inputs()]
+    assert names == text_input_names(enc)
+    assert names == (
+        ["token_ids", "lengths", "sentence_embedding"] if mode == "fused" else ["sentence_embedding"]
+    )
+    feeds = {"token_ids": ids.numpy(), "lengths": lengths.numpy(), "sentence_embedding": sentence.numpy()}
+    got = session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
+    np.testing.assert_allclose(got, out.numpy(), atol=1e-5)
+
+
+def test_training_with_the_sentence_branch_feeds_sentence_and_concept_vectors():
+    rng = np.random.default_rng(0)
+    store = RegionStore([f"i{n}" for n in range(12)], rng.normal(size=(12, 4, 6)).astype(np.float32), [])
+    vec = lambda n: F.normalize(torch.from_numpy(rng.normal(size=(n, 5)).astype(np.float32)), dim=1).numpy()  # noqa: E731
+    ann = Annotated(np.arange(6), [[["a", "b"], ["c"]] for _ in range(6)], [vec(2) for _ in range(6)])
+    un = Unannotated(np.arange(6, 12), [["x"], [], ["y", "z"], ["x"], ["y"], ["z"]], vec(6))
+    val = Queries([["a"], ["c"]], np.arange(2), np.arange(2), vec(2))
+    cfg = A3VSETrainConfig(
+        hidden=8, heads=2, context_dim=4, word_dim=4, disc_hidden=4, epochs=1, steps_per_epoch=2,
+        batch_size=4, unannotated_batch_size=4, en_epochs=1, sentence_branch="fused",
+    )  # fmt: skip
+    model, text = train_a3vse(cfg, store, ann, un, val, progress=False)
+    assert model.text.sentence_dim == 5 and model.cfg.text_mode == "fused"
+    assert {"tri_vt", "tri_vs"} <= set(text.history[0])
+    en = train_text_into(cfg, model.visual, store, ann, un, val, progress=False)
+    assert en.encoder.sentence_dim == 5
+    with pytest.raises(ValueError, match="sentence embeddings"):
+        train_a3vse(
+            cfg, store, Annotated(ann.rows, ann.sentences), None, Queries(val.tokens, val.rows, val.relevant)
+        )
 
 
 # -- one epoch through the experiment CLI on a synthetic dataset ------------------------------------------------

@@ -3,7 +3,8 @@ benchmark load it unchanged:
 
 - image_encoder.onnx: `pixels` -> `embedding` (regions -> FC -> attentive encoder -> L2-normalised, K*H-d) and
   `feature` (the L2-normalised mean of the region map = the pooled backbone vector),
-- text_encoder_{zh,en}.onnx: `token_ids`, `lengths` -> `embedding`, with vocab_{zh,en}.json,
+- text_encoder_{zh,en}.onnx: `token_ids`, `lengths` (and `sentence_embedding` [B,E] when the encoder has the
+  sentence branch; that input alone for "sentence_only") -> `embedding`, with vocab_{zh,en}.json,
 - manifest.json with "model_family": "a3vse", the sentence encoder (for CL in the e5 space) and the fusion weight.
 """
 
@@ -28,6 +29,13 @@ from xlsearch.training.a3vse.train import A3VSETrainConfig, TrainedA3VSE
 from xlsearch.training.export_image import FEATURE_NAME, OUTPUT_NAME, export_image_encoder
 
 TEXT_INPUTS = ("token_ids", "lengths")
+SENTENCE_INPUT = "sentence_embedding"
+
+
+def text_input_names(encoder: TextEncoder) -> list[str]:
+    """The ONNX inputs of this text encoder, in order (what the bundle manifest records as "inputs")."""
+    tokens = [] if encoder.mode == "sentence_only" else list(TEXT_INPUTS)
+    return tokens + ([SENTENCE_INPUT] if encoder.sentence_dim else [])
 
 
 class _TextEmbed(nn.Module):
@@ -39,30 +47,47 @@ class _TextEmbed(nn.Module):
         return self.encoder(token_ids, lengths)
 
 
+class _FusedTextEmbed(_TextEmbed):
+    def forward(self, token_ids: Tensor, lengths: Tensor, sentence_embedding: Tensor) -> Tensor:  # type: ignore[override]
+        return self.encoder(token_ids, lengths, sentence_embedding)
+
+
+class _SentenceTextEmbed(_TextEmbed):
+    def forward(self, sentence_embedding: Tensor) -> Tensor:  # type: ignore[override]
+        return self.encoder(None, None, sentence_embedding)  # type: ignore[arg-type]  # tokens unused
+
+
 def export_a3vse_text_encoder(encoder: TextEncoder, path: str | Path, opset: int = 17) -> Path:
-    """token_ids [B,T] int64, lengths [B] int64 -> embedding [B,K*H]; dynamic batch and time axes."""
+    """token_ids [B,T] int64, lengths [B] int64 (+ sentence_embedding [B,E] float32) -> embedding [B,K*H];
+    dynamic batch and time axes. A "sentence_only" encoder has the sentence_embedding input alone."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ids = torch.tensor([[2, 3, 4, 5, 1], [3, 2, 0, 0, 0]], dtype=torch.int64).clamp(
         max=encoder.vocab_size - 1
     )
     lengths = torch.tensor([5, 2], dtype=torch.int64)
+    names = text_input_names(encoder)
+    sentence = torch.randn(2, encoder.sentence_dim)
+    if encoder.mode == "sentence_only":
+        module: nn.Module = _SentenceTextEmbed(encoder)
+        args: tuple[Tensor, ...] = (sentence,)
+    elif encoder.sentence_dim:
+        module, args = _FusedTextEmbed(encoder), (ids, lengths, sentence)
+    else:
+        module, args = _TextEmbed(encoder), (ids, lengths)
+    axes = {"token_ids": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, SENTENCE_INPUT: {0: "batch"}}
     was_training = encoder.training
     encoder.eval()
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # LSTM/batch_first tracer notices are expected
             torch.onnx.export(
-                _TextEmbed(encoder),
-                (ids, lengths),
+                module,
+                args,
                 str(path),
-                input_names=list(TEXT_INPUTS),
+                input_names=names,
                 output_names=[OUTPUT_NAME],
-                dynamic_axes={
-                    "token_ids": {0: "batch", 1: "time"},
-                    "lengths": {0: "batch"},
-                    OUTPUT_NAME: {0: "batch"},
-                },
+                dynamic_axes={**{n: axes[n] for n in names}, OUTPUT_NAME: {0: "batch"}},
                 opset_version=opset,
                 dynamo=False,
             )
@@ -101,8 +126,8 @@ def write_a3vse_bundle(
             "vocab": f"vocab_{lang}.json",
             "tokenizer": {"lang": lang},
             "max_len": train_config.max_len,
-            "sentence_dim": 0,
-            "inputs": list(TEXT_INPUTS),
+            "sentence_dim": t.encoder.sentence_dim,
+            "inputs": text_input_names(t.encoder),
             "output": OUTPUT_NAME,
             "normalized": True,
             "model_config": {**trained.model_config.to_dict(), "vocab_size": t.encoder.vocab_size},
@@ -149,4 +174,4 @@ def update_bundle_manifest(folder: str | Path, **changes: Any) -> dict[str, Any]
     return write_bundle_manifest(folder, {**manifest, **changes})
 
 
-__all__ = ["export_a3vse_text_encoder", "update_bundle_manifest", "write_a3vse_bundle"]
+__all__ = ["export_a3vse_text_encoder", "text_input_names", "update_bundle_manifest", "write_a3vse_bundle"]

@@ -17,6 +17,7 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,8 @@ class Prepared:
     extractor: Any
     backbone: dict[str, Any]
     coverage_zh: dict[str, float]
+    # the concept sequences as text (for the sentence branch), per key f"{kind}:{lang}": image id -> string
+    concept_texts: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
 
 def _concat(stores: list[RegionStore]) -> RegionStore:
@@ -124,6 +127,7 @@ def prepare(
             "regional semantics need a backbone with an ImageNet classifier (efficientnet_lite0)"
         )
     semantics: dict[str, dict[str, list[str]]] = {}
+    concept_texts: dict[str, dict[str, str]] = {}
     coverage = {}
     base = SemanticsConfig(**config.get("semantics", {}))
     for kind in ("regional", "global"):
@@ -140,7 +144,8 @@ def prepare(
         for lang in ("zh", "en"):
             tok = tokenizer_for(lang)
             semantics[f"{kind}:{lang}"] = {i: tok.tokenize(s) if s else [] for i, s in data[lang].items()}
-    return Prepared(store, pool_ids, semantics, extractor, config["backbone"], coverage)
+            concept_texts[f"{kind}:{lang}"] = data[lang]
+    return Prepared(store, pool_ids, semantics, extractor, config["backbone"], coverage, concept_texts)
 
 
 # -- one run -------------------------------------------------------------------------------------------------------
@@ -168,9 +173,20 @@ def unannotated_ids(prep: Prepared, split: Manifest, keep: set[str]) -> list[str
     return [r.id for r in split.split("train") if r.id not in keep and r.id in index] + prep.pool_ids
 
 
+SentenceVectors = Callable[[list[str]], np.ndarray]
+
+
 def _lang_data(
-    prep: Prepared, split: Manifest, keep: set[str], lang: str, sem: dict[str, list[str]]
+    prep: Prepared,
+    split: Manifest,
+    keep: set[str],
+    lang: str,
+    sem: dict[str, list[str]],
+    concept_texts: dict[str, str] | None = None,
+    encode: SentenceVectors | None = None,
 ) -> tuple[Annotated, Unannotated, Queries]:
+    """Training, pseudo-pair and validation data of one language; with `encode` (texts -> frozen sentence
+    embeddings) every sentence, concept sequence (from `concept_texts`) and query also carries its vector."""
     index = prep.store.index()
     tok = tokenizer_for(lang)
     ann = [r for r in split.split("train") if r.id in keep and getattr(r, lang) and r.id in index]
@@ -180,12 +196,18 @@ def _lang_data(
     un_ids = unannotated_ids(prep, split, keep)
     unannotated = Unannotated(np.array([index[i] for i in un_ids]), [sem.get(i, []) for i in un_ids])
     val_recs = [r for r in split.split("val") if r.id in index and getattr(r, lang)]
-    tokens, relevant = [], []
+    tokens, relevant, texts = [], [], []
     for n, r in enumerate(val_recs):
         for s in getattr(r, lang):
             tokens.append(tok.tokenize(s))
             relevant.append(n)
+            texts.append(s)
     val = Queries(tokens, np.array([index[r.id] for r in val_recs]), np.array(relevant))
+    if encode is not None:
+        annotated.vectors = [encode(list(getattr(r, lang))) for r in ann]
+        if concept_texts is not None:
+            unannotated.vectors = encode([concept_texts.get(i) or "" for i in un_ids])
+        val.vectors = encode(texts)
     return annotated, unannotated, val
 
 
@@ -206,11 +228,28 @@ def _word_vectors(cfg: A3VSETrainConfig, sentence_spec: dict | None, lang: str, 
     return lambda tokens: cached_encode(encoder, tokens, SENTENCE_ROLE[lang], cache)  # type: ignore[arg-type]
 
 
+def _sentence_vectors(
+    cfg: A3VSETrainConfig, sentence_spec: dict | None, cache: Path
+) -> dict[str, SentenceVectors]:
+    """lang -> (texts -> frozen sentence embeddings, cached on disk; zh with role "query", en "passage" as the
+    bundle encodes them), when the config uses the sentence branch."""
+    if not cfg.uses_sentence:
+        return {}
+    if not sentence_spec:
+        raise ValueError(f"sentence_branch {cfg.sentence_branch!r} needs a sentence_encoder in the config")
+    encoder = build_sentence_encoder({**sentence_spec, "num_threads": torch.get_num_threads()})
+    return {
+        lang: (lambda texts, role=SENTENCE_ROLE[lang]: cached_encode(encoder, texts, role, cache))  # type: ignore[misc]
+        for lang in ("zh", "en")
+    }
+
+
 def run_tag_semantics(
     prep: Prepared, split: Manifest, keep: set[str], tag_cfg: TagConceptConfig, seed: int, out: Path
-) -> tuple[dict[str, dict[str, list[str]]], dict[str, Any]]:
+) -> tuple[dict[str, dict[str, list[str]]], dict[str, Any], dict[str, dict[str, str]]]:
     """This run's in-domain concepts: a tag classifier fitted on the annotated training images only, applied to
-    the un-annotated ones. Returns ({lang: image id -> tokens}, summary); the sequences go to out/concepts.json."""
+    the un-annotated ones. Returns ({lang: image id -> tokens}, summary, {lang: image id -> text}); the sequences
+    go to out/concepts.json."""
     index = prep.store.index()
     annotated = [r for r in split.split("train") if r.id in keep and r.id in index]
     un_ids = unannotated_ids(prep, split, keep)
@@ -236,7 +275,7 @@ def run_tag_semantics(
         "with_concepts": round(sum(bool(s) for s in sem.zh.values()) / max(len(sem.zh), 1), 4),
         "coverage_en": round(sem.coverage_en, 4),
     }
-    return tokens, summary
+    return tokens, summary, {"zh": sem.zh, "en": sem.en}
 
 
 def run_a3vse(
@@ -257,12 +296,15 @@ def run_a3vse(
     if cfg.semantics in TAG_SEMANTICS:
         if tag_cfg is None:
             raise ValueError(f"semantics {cfg.semantics!r} needs a tag concept config")
-        sem, concepts = run_tag_semantics(prep, split, keep, tag_cfg, seed, out)
+        sem, concepts, texts = run_tag_semantics(prep, split, keep, tag_cfg, seed, out)
     else:
         kind = cfg.semantics if cfg.semantics != "none" else "regional"
         sem = {lang: prep.semantics.get(f"{kind}:{lang}", {}) for lang in ("zh", "en")}
-    zh = _lang_data(prep, split, keep, "zh", sem["zh"])
-    en = _lang_data(prep, split, keep, "en", sem["en"])
+        texts = {lang: prep.concept_texts.get(f"{kind}:{lang}", {}) for lang in ("zh", "en")}
+    encode = _sentence_vectors(cfg, sentence_spec, sentence_cache)
+    use_texts = cfg.semantics != "none"
+    zh = _lang_data(prep, split, keep, "zh", sem["zh"], texts["zh"] if use_texts else None, encode.get("zh"))
+    en = _lang_data(prep, split, keep, "en", sem["en"], texts["en"] if use_texts else None, encode.get("en"))
     words = {lang: _word_vectors(cfg, sentence_spec, lang, sentence_cache) for lang in ("zh", "en")}
     model, text_zh = train_a3vse(cfg, prep.store, *zh, seed=seed, progress=progress, word_vectors=words["zh"])
     text_en = train_text_into(

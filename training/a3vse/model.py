@@ -10,6 +10,10 @@ in [-1, 1], so the default is lambda = 1/sqrt(K') (scaled dot-product attention)
 
 The LSTM is unidirectional, so states at valid positions do not depend on right padding; padded steps are excluded
 from the context mean and from the softmax. Everything exports to plain ONNX.
+
+Optional sentence branch (the issue's "initialise the text side from the pretrained sentence branch"): the frozen
+e5 sentence embedding of the text [B,E] is projected by a trainable linear map to K*H and either added to the
+attended LSTM output before the L2 normalisation ("fused") or used alone ("sentence_only").
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch import Tensor, nn
 from xlsearch.text import PAD_ID
 
 _NEG = -1e9
+TEXT_MODES = ("lstm", "fused", "sentence_only")
 # The six discriminators of Eq. 5-7: (name, first domain, second domain, group).
 DOMAIN_PAIRS: tuple[tuple[str, str, str, str], ...] = (
     ("v_vu", "v", "vu", "intra"),
@@ -45,6 +50,22 @@ class A3VSEModelConfig:
     temperature: float = 0.0  # lambda; 0 -> 1/sqrt(context_dim)
     word_dim: int = 300
     disc_hidden: int = 256
+    sentence_dim: int = 0  # E of the frozen sentence embedding; 0 = no sentence branch
+    text_mode: str = "lstm"  # "lstm" | "fused" (LSTM + sentence branch) | "sentence_only"
+
+    def __post_init__(self) -> None:
+        if self.text_mode not in TEXT_MODES:
+            raise ValueError(f"text_mode must be one of {TEXT_MODES}, got {self.text_mode!r}")
+        if self.text_mode != "lstm" and self.sentence_dim <= 0:
+            raise ValueError(f"text_mode {self.text_mode!r} needs sentence_dim > 0")
+
+    @property
+    def uses_tokens(self) -> bool:
+        return self.text_mode != "sentence_only"
+
+    @property
+    def uses_sentence(self) -> bool:
+        return self.text_mode != "lstm"
 
     @property
     def embed_dim(self) -> int:
@@ -108,14 +129,19 @@ class VisualEncoder(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """G^t: token ids [B,T] + lengths [B] -> L2-normalised [B,K*H]."""
+    """G^t: token ids [B,T] + lengths [B] (+ sentence embedding [B,E]) -> L2-normalised [B,K*H]."""
 
     def __init__(self, cfg: A3VSEModelConfig, vocab_size: int) -> None:
         super().__init__()
         self.vocab_size = vocab_size
-        self.embedding = nn.Embedding(vocab_size, cfg.word_dim, padding_idx=PAD_ID)
-        self.lstm = nn.LSTM(cfg.word_dim, cfg.hidden, batch_first=True)
-        self.attention = AttentiveEncoder(cfg.hidden, cfg.heads, cfg.context_dim, cfg.lam)
+        self.mode = cfg.text_mode
+        self.sentence_dim = cfg.sentence_dim if cfg.uses_sentence else 0
+        if cfg.uses_tokens:
+            self.embedding = nn.Embedding(vocab_size, cfg.word_dim, padding_idx=PAD_ID)
+            self.lstm = nn.LSTM(cfg.word_dim, cfg.hidden, batch_first=True)
+            self.attention = AttentiveEncoder(cfg.hidden, cfg.heads, cfg.context_dim, cfg.lam)
+        if cfg.uses_sentence:
+            self.sentence_proj = nn.Linear(cfg.sentence_dim, cfg.embed_dim)
 
     def states(self, token_ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         mask = valid_mask(token_ids, lengths)
@@ -123,9 +149,16 @@ class TextEncoder(nn.Module):
         out, _ = self.lstm(words)
         return out, mask
 
-    def forward(self, token_ids: Tensor, lengths: Tensor) -> Tensor:
-        states, mask = self.states(token_ids, lengths)
-        out, _ = self.attention(states, mask)
+    def forward(self, token_ids: Tensor, lengths: Tensor, sentence: Tensor | None = None) -> Tensor:
+        out = None
+        if self.mode != "sentence_only":
+            states, mask = self.states(token_ids, lengths)
+            out, _ = self.attention(states, mask)
+        if self.sentence_dim:
+            if sentence is None:
+                raise ValueError(f"text_mode {self.mode!r} needs the sentence embedding")
+            projected = self.sentence_proj(sentence)
+            out = projected if out is None else out + projected
         return F.normalize(out, dim=-1)
 
 

@@ -38,6 +38,7 @@ from xlsearch.training.a3vse.semantics import SEMANTICS
 
 ADVERSARIAL_GROUPS = ("intra", "cross", "trans")
 # Sec. 4.3
+SENTENCE_BRANCHES = ("none", "fused", "sentence_only")
 DEFAULT_LAMBDAS = {"v_vu": 0.2, "t_s": 0.1, "v_t": 0.5, "vu_s": 0.5, "v_s": 0.3, "vu_t": 0.3}
 
 
@@ -79,8 +80,15 @@ class A3VSETrainConfig:
     # "random" (Xavier-like default) or "sentence_encoder": word embeddings start from the pretrained multilingual
     # sentence encoder's vector of each vocabulary token (the paper starts from GloVe; word_dim must equal its dim)
     word_init: str = "random"
+    # the frozen pretrained sentence embedding of each text (sentences and concept sequences) in G^t: "none",
+    # "fused" (projected and added to the attentive LSTM output) or "sentence_only"
+    sentence_branch: str = "none"
 
     def __post_init__(self) -> None:
+        if self.sentence_branch not in SENTENCE_BRANCHES:
+            raise ValueError(
+                f"sentence_branch must be one of {SENTENCE_BRANCHES}, got {self.sentence_branch!r}"
+            )
         unknown = set(self.adversarial) - set(ADVERSARIAL_GROUPS)
         if unknown:
             raise ValueError(f"unknown adversarial groups {sorted(unknown)}; expected {ADVERSARIAL_GROUPS}")
@@ -91,7 +99,11 @@ class A3VSETrainConfig:
         if self.semantics not in SEMANTICS:
             raise ValueError(f"semantics must be one of {SEMANTICS}, got {self.semantics!r}")
 
-    def model_config(self, region_dim: int) -> A3VSEModelConfig:
+    @property
+    def uses_sentence(self) -> bool:
+        return self.sentence_branch != "none"
+
+    def model_config(self, region_dim: int, sentence_dim: int = 0) -> A3VSEModelConfig:
         return A3VSEModelConfig(
             region_dim=region_dim,
             hidden=self.hidden,
@@ -100,6 +112,8 @@ class A3VSETrainConfig:
             temperature=self.temperature,
             word_dim=self.word_dim,
             disc_hidden=self.disc_hidden,
+            sentence_dim=sentence_dim if self.uses_sentence else 0,
+            text_mode="lstm" if not self.uses_sentence else self.sentence_branch,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,6 +130,7 @@ class Annotated:
 
     rows: np.ndarray
     sentences: list[list[list[str]]]
+    vectors: list[np.ndarray] | None = None  # per image [n_sentences, E]: the frozen sentence embeddings
 
 
 @dataclass
@@ -124,6 +139,7 @@ class Unannotated:
 
     rows: np.ndarray
     semantics: list[list[str]]
+    vectors: np.ndarray | None = None  # [N, E] sentence embeddings of the concept sequences
 
 
 @dataclass
@@ -133,6 +149,7 @@ class Queries:
     tokens: list[list[str]]
     rows: np.ndarray
     relevant: np.ndarray
+    vectors: np.ndarray | None = None  # [Q, E] sentence embeddings of the queries
 
 
 @dataclass
@@ -179,9 +196,41 @@ def _maybe_init_words(
         init_word_embeddings(encoder, vocab, word_vectors)
 
 
-def _text(encoder: TextEncoder, vocab: Vocab, tokens: list[list[str]], max_len: int) -> Tensor:
+def _text(
+    encoder: TextEncoder,
+    vocab: Vocab,
+    tokens: list[list[str]],
+    max_len: int,
+    vectors: np.ndarray | None = None,
+) -> Tensor:
     ids, lengths = encode_batch(tokens, vocab, max_len)
-    return encoder(torch.from_numpy(ids), torch.from_numpy(lengths))
+    sentence = None
+    if encoder.sentence_dim:
+        if vectors is None:
+            raise ValueError("this text encoder needs the sentence embeddings of its texts")
+        sentence = torch.from_numpy(np.asarray(vectors, dtype=np.float32))
+    return encoder(torch.from_numpy(ids), torch.from_numpy(lengths), sentence)
+
+
+def _pick_sentences(
+    annotated: Annotated, idx: list[int] | np.ndarray, rng: np.random.Generator
+) -> tuple[list[list[str]], np.ndarray | None]:
+    """One random sentence per image (and its sentence embedding when the data carries them)."""
+    picks = [(i, int(rng.integers(len(annotated.sentences[i])))) for i in idx]
+    tokens = [annotated.sentences[i][j] for i, j in picks]
+    vectors = annotated.vectors
+    return tokens, (np.stack([vectors[i][j] for i, j in picks]) if vectors is not None else None)
+
+
+def _sentence_dim(cfg: A3VSETrainConfig, annotated: Annotated) -> int:
+    """E of the data's sentence embeddings when the config uses the sentence branch, else 0."""
+    if not cfg.uses_sentence:
+        return 0
+    if annotated.vectors is None or not len(annotated.vectors):
+        raise ValueError(
+            f"sentence_branch {cfg.sentence_branch!r} needs the sentence embeddings of the texts"
+        )
+    return int(np.asarray(annotated.vectors[0]).shape[-1])
 
 
 def embed_images(visual: VisualEncoder, store: RegionStore, rows: np.ndarray, batch: int = 128) -> np.ndarray:
@@ -191,11 +240,24 @@ def embed_images(visual: VisualEncoder, store: RegionStore, rows: np.ndarray, ba
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
-def embed_texts(encoder: TextEncoder, vocab: Vocab, tokens: list[list[str]], max_len: int) -> np.ndarray:
+def embed_texts(
+    encoder: TextEncoder,
+    vocab: Vocab,
+    tokens: list[list[str]],
+    max_len: int,
+    vectors: np.ndarray | None = None,
+) -> np.ndarray:
     encoder.eval()
     with torch.no_grad():
         parts = [
-            _text(encoder, vocab, tokens[i : i + 256], max_len).numpy() for i in range(0, len(tokens), 256)
+            _text(
+                encoder,
+                vocab,
+                tokens[i : i + 256],
+                max_len,
+                vectors[i : i + 256] if vectors is not None else None,
+            ).numpy()
+            for i in range(0, len(tokens), 256)
         ]
     return np.concatenate(parts)
 
@@ -221,7 +283,8 @@ def _semantic_pairs(un: Unannotated | None) -> Unannotated | None:
     if un is None:
         return None
     keep = [i for i, s in enumerate(un.semantics) if s]
-    return Unannotated(un.rows[keep], [un.semantics[i] for i in keep])
+    vectors = un.vectors[keep] if un.vectors is not None else None
+    return Unannotated(un.rows[keep], [un.semantics[i] for i in keep], vectors)
 
 
 def train_a3vse(
@@ -242,7 +305,7 @@ def train_a3vse(
     use_sem = cfg.semantics != "none" and unannotated is not None
     sem = _semantic_pairs(unannotated) if use_sem else None
     vocab = build_vocab(annotated, sem, cfg.min_count)
-    mcfg = cfg.model_config(store.regions.shape[2])
+    mcfg = cfg.model_config(store.regions.shape[2], _sentence_dim(cfg, annotated))
     model = A3VSE(mcfg, len(vocab))
     _maybe_init_words(cfg, model.text, vocab, word_vectors)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -269,9 +332,9 @@ def train_a3vse(
             if len(order_l) < b_l:
                 order_l += rng.permutation(n_l).tolist()
             idx, order_l = order_l[:b_l], order_l[b_l:]
-            sentences = [annotated.sentences[i][rng.integers(len(annotated.sentences[i]))] for i in idx]
+            sentences, sent_vecs = _pick_sentences(annotated, idx, rng)
             gv = model.visual(store.take(annotated.rows[idx]))
-            gt = _text(model.text, vocab, sentences, cfg.max_len)
+            gt = _text(model.text, vocab, sentences, cfg.max_len, sent_vecs)
             tri_vt = hardest_negative_triplet(gv, gt, cfg.alpha_vt)
             domains = {"v": gv, "t": gt}
             parts = {"tri_vt": tri_vt}
@@ -283,7 +346,8 @@ def train_a3vse(
                 domains["vu"] = model.visual(store.take(pool.rows[uidx]))
                 if use_sem:
                     seqs = [pool.semantics[i] for i in uidx]
-                    domains["s"] = _text(model.text, vocab, seqs, cfg.max_len)
+                    seq_vecs = pool.vectors[uidx] if pool.vectors is not None else None
+                    domains["s"] = _text(model.text, vocab, seqs, cfg.max_len, seq_vecs)
                     tri_vs = _semantic_triplet(cfg, domains["vu"], domains["s"], seqs)
                     parts["tri_vs"] = tri_vs
                     loss = cfg.beta * tri_vt + (1 - cfg.beta) * tri_vs
@@ -301,7 +365,7 @@ def train_a3vse(
                 totals[k] = totals.get(k, 0.0) + v.item() / steps
         m = _val_mrr(
             embed_images(model.visual, store, val.rows),
-            embed_texts(model.text, vocab, val.tokens, cfg.max_len),
+            embed_texts(model.text, vocab, val.tokens, cfg.max_len, val.vectors),
             val,
         )
         history.append({"epoch": epoch, **{k: round(v, 4) for k, v in totals.items()}, **m})
@@ -333,7 +397,7 @@ def train_text_into(
     use_sem = cfg.semantics != "none" and unannotated is not None
     sem = _semantic_pairs(unannotated) if use_sem else None
     vocab = build_vocab(annotated, sem, cfg.min_count)
-    mcfg = A3VSEModelConfig.from_dict({**cfg.to_dict(), "region_dim": store.regions.shape[2]})
+    mcfg = cfg.model_config(store.regions.shape[2], _sentence_dim(cfg, annotated))
     encoder = TextEncoder(mcfg, len(vocab))
     _maybe_init_words(cfg, encoder, vocab, word_vectors)
     opt = torch.optim.Adam(encoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -355,20 +419,22 @@ def train_text_into(
         encoder.train()
         for _ in range(steps):
             idx = rng.choice(n_l, b_l, replace=False)
-            sentences = [annotated.sentences[i][rng.integers(len(annotated.sentences[i]))] for i in idx]
+            sentences, sent_vecs = _pick_sentences(annotated, idx, rng)
             loss = hardest_negative_triplet(
-                img_l[idx], _text(encoder, vocab, sentences, cfg.max_len), cfg.alpha_vt
+                img_l[idx], _text(encoder, vocab, sentences, cfg.max_len, sent_vecs), cfg.alpha_vt
             )
             if sem is not None and img_u is not None and b_u >= 2:
                 uidx = rng.choice(len(sem.rows), b_u, replace=False)
                 seqs = [sem.semantics[i] for i in uidx]
-                s = _text(encoder, vocab, seqs, cfg.max_len)
+                s = _text(
+                    encoder, vocab, seqs, cfg.max_len, sem.vectors[uidx] if sem.vectors is not None else None
+                )
                 loss = cfg.beta * loss + (1 - cfg.beta) * _semantic_triplet(cfg, img_u[uidx], s, seqs)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(encoder.parameters(), cfg.grad_clip)
             opt.step()
-        m = _val_mrr(val_img, embed_texts(encoder, vocab, val.tokens, cfg.max_len), val)
+        m = _val_mrr(val_img, embed_texts(encoder, vocab, val.tokens, cfg.max_len, val.vectors), val)
         history.append({"epoch": epoch, **m})
         if m["mrr"] > best["mrr"]:
             best = {"epoch": epoch, **m}
