@@ -9,6 +9,12 @@ from xlsearch.metrics import mean_std
 
 FULL, NO_SEMANTICS = "A3VSE full", "A3VSE w/o semantics"
 FULL_TAG = "A3VSE full (tag concepts)"  # in-domain concepts from the run's tag classifier
+# the text encoder with the frozen e5 sentence branch: (full, its w/o-semantics baseline with the same text encoder)
+SENTENCE_PAIRS = (
+    ("A3VSE full (e5)", "A3VSE w/o semantics (e5)"),
+    ("A3VSE full (tag concepts + e5)", "A3VSE w/o semantics (e5)"),
+    ("A3VSE full (e5 only)", "A3VSE w/o semantics (e5 only)"),
+)
 
 
 def _pm(values: list[float]) -> str:
@@ -47,23 +53,25 @@ def sparse_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def acceptance(results: list[dict[str, Any]], fraction: float = 0.2, full: str = FULL) -> str:
+def acceptance(
+    results: list[dict[str, Any]], fraction: float = 0.2, full: str = FULL, bare_name: str = NO_SEMANTICS
+) -> str:
     """`full` vs w/o semantics on CM MRR at `fraction`: over the seeds every variant ran, and, when the pair has
     more seeds, over all of the pair's seeds."""
     by_variant = group(results).get(fraction, {})
-    if full not in by_variant or NO_SEMANTICS not in by_variant:
-        return f"(acceptance check needs {full!r} and {NO_SEMANTICS!r} at {fraction:.0%})"
+    if full not in by_variant or bare_name not in by_variant:
+        return f"(acceptance check needs {full!r} and {bare_name!r} at {fraction:.0%})"
     common = set.intersection(*({r["seed"] for r in runs} for runs in by_variant.values()))
-    pair = {r["seed"] for r in by_variant[full]} & {r["seed"] for r in by_variant[NO_SEMANTICS]}
+    pair = {r["seed"] for r in by_variant[full]} & {r["seed"] for r in by_variant[bare_name]}
     lines = []
     for seeds in [sorted(common)] + ([sorted(pair)] if pair != common else []):
         with_sem = {r["seed"]: r["rows"]["CM"]["mrr"] for r in by_variant[full] if r["seed"] in seeds}
-        bare = {r["seed"]: r["rows"]["CM"]["mrr"] for r in by_variant[NO_SEMANTICS] if r["seed"] in seeds}
+        bare = {r["seed"]: r["rows"]["CM"]["mrr"] for r in by_variant[bare_name] if r["seed"] in seeds}
         a, b = [with_sem[s] for s in seeds], [bare[s] for s in seeds]
         wins = sum(x > y for x, y in zip(a, b, strict=True))
         verdict = "beats" if _mean(a) > _mean(b) else "does NOT beat"
         lines.append(
-            f"At {fraction:.0%} annotations, {full} {verdict} {NO_SEMANTICS} on CM MRR over seeds "
+            f"At {fraction:.0%} annotations, {full} {verdict} {bare_name} on CM MRR over seeds "
             f"{','.join(map(str, seeds))}: mean {_mean(a):.3f} vs {_mean(b):.3f} (higher on {wins} of "
             f"{len(seeds)} splits; per split {' / '.join(f'{x:.3f}' for x in a)} vs "
             f"{' / '.join(f'{y:.3f}' for y in b)})."
@@ -89,4 +97,8 @@ def format_a3vse_results(results: list[dict[str, Any]], coverage_zh: dict[str, f
     ]
     if any(r["variant"] == FULL_TAG for r in results):
         parts += ["", acceptance(results, full=FULL_TAG)]
+    names = {r["variant"] for r in results}
+    for full, bare in SENTENCE_PAIRS:
+        if full in names and bare in names:
+            parts += ["", acceptance(results, full=full, bare_name=bare)]
     return "\n".join(parts)
