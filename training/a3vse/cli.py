@@ -369,7 +369,12 @@ def run_w2vv(
     bb, features = inputs.backbone, inputs.features
     cfg = TrainConfig.from_dict(w2vv_cfg)
     sub = strip_text(split, keep)
-    head, encoders = train_pair(cfg, sub, features, None, seed=seed, progress=progress)
+    sent = None
+    if cfg.sentence_branch:  # the retrieval core's e5 sentence-branch variant
+        from xlsearch.training.pipeline import sentence_vectors
+
+        sent = sentence_vectors(sub, sentence_spec, sentence_cache)
+    head, encoders = train_pair(cfg, sub, features, sent, seed=seed, progress=progress)
     spec = {
         **bb.spec,
         "dim": head.dim,
@@ -403,9 +408,10 @@ def run_w2vv(
 
 
 # -- the experiment ------------------------------------------------------------------------------------------------
-def _w2vv_config(config: dict[str, Any]) -> dict[str, Any]:
+def _w2vv_config(config: dict[str, Any], variant: str | None = None) -> dict[str, Any]:
+    """The W2VV train config: the retrieval core's config variant named by the run's spec, else config["w2vv"]."""
     src = json.loads((DEFAULT_CONFIG.parent / config["w2vv"]["config"]).read_text(encoding="utf-8"))
-    return {**src.get("train", {}), **src["variants"][config["w2vv"]["variant"]]}
+    return {**src.get("train", {}), **src["variants"][variant or config["w2vv"]["variant"]]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -486,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
                 if spec.get("family") == W2VV_FAMILY:
                     w2vv = w2vv or w2vv_inputs(manifest, backbone_runs, config["backbone"])
                     r = run_w2vv(
-                        name, _w2vv_config(config), w2vv, split, keep, seed, sentence_spec, out, sentence_cache,
+                        name, _w2vv_config(config, spec.get("w2vv_variant")), w2vv, split, keep, seed, sentence_spec, out, sentence_cache,
                         progress,
                     )  # fmt: skip
                 else:
