@@ -125,6 +125,21 @@ def test_hardest_negative_triplet_on_a_hand_made_batch():
     assert hardest_negative_triplet(a3, b3, 0.5).item() == pytest.approx(expected)
 
 
+def test_info_nce_on_a_hand_made_batch():
+    from xlsearch.training.a3vse.losses import info_nce
+
+    eye = torch.eye(3)
+    e10 = torch.exp(torch.tensor(10.0))
+    # aligned orthonormal pairs: each row's softmax is (e^10, 1, 1) / (e^10 + 2) at temperature 0.1
+    assert torch.isclose(info_nce(eye, eye, 0.1), -torch.log(e10 / (e10 + 2)), atol=1e-5)
+    # swapping two texts makes those two pairs wrong: the loss goes up
+    assert info_nce(eye, eye[[1, 0, 2]], 0.1) > 5.0
+    # masked pairs leave the denominators: rows 0 and 1 lose one confuser, row 2 keeps both
+    same = torch.tensor([[False, True, False], [True, False, False], [False, False, False]])
+    want = (2 * -torch.log(e10 / (e10 + 1)) - torch.log(e10 / (e10 + 2))) / 3
+    assert torch.isclose(info_nce(eye, eye, 0.1, same), want, atol=1e-5)
+
+
 def test_identical_pseudo_texts_are_not_each_others_negatives():
     from xlsearch.training.a3vse.train import same_sequence
 

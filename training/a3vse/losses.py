@@ -25,6 +25,16 @@ def hardest_negative_triplet(
     return (F.relu(margin - positive + hardest_b) + F.relu(margin - positive + hardest_a)).mean()
 
 
+def info_nce(a: Tensor, b: Tensor, temperature: float, not_negative: Tensor | None = None) -> Tensor:
+    """Symmetric InfoNCE over in-batch pairs (a_i, b_i) of L2-normalised vectors (the alternative to Eq. 2 that the
+    retrieval core's e5 model uses); `not_negative` pairs are left out of the softmax denominators."""
+    logits = (a @ b.T) / temperature
+    if not_negative is not None:
+        logits = logits.masked_fill(not_negative, float("-inf"))
+    target = torch.arange(len(a), device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
 def domain_loss(logits_a: Tensor, logits_b: Tensor) -> Tensor:
     """-Eq. 4: binary cross-entropy of the discriminator with domain A labelled 1 and B labelled 0. Minimising it
     trains the discriminator; the encoders see it through gradient reversal (so they maximise it)."""

@@ -14,6 +14,7 @@ SENTENCE_PAIRS = (
     ("A3VSE full (e5)", "A3VSE w/o semantics (e5)"),
     ("A3VSE full (tag concepts + e5)", "A3VSE w/o semantics (e5)"),
     ("A3VSE full (e5 only)", "A3VSE w/o semantics (e5 only)"),
+    ("A3VSE full (e5 + InfoNCE)", "A3VSE w/o semantics (e5 + InfoNCE)"),
 )
 
 

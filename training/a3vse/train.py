@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from xlsearch.metrics import retrieval_metrics
 from xlsearch.text import Vocab, encode_batch
-from xlsearch.training.a3vse.losses import domain_loss, hardest_negative_triplet
+from xlsearch.training.a3vse.losses import domain_loss, hardest_negative_triplet, info_nce
 from xlsearch.training.a3vse.model import (
     A3VSE,
     DOMAIN_PAIRS,
@@ -83,8 +83,13 @@ class A3VSETrainConfig:
     # the frozen pretrained sentence embedding of each text (sentences and concept sequences) in G^t: "none",
     # "fused" (projected and added to the attentive LSTM output) or "sentence_only"
     sentence_branch: str = "none"
+    # the alignment terms of Eq. 3: "triplet" (Eq. 2, hardest in-batch negatives, the paper) or "infonce"
+    alignment_loss: str = "triplet"
+    infonce_temperature: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.alignment_loss not in ("triplet", "infonce"):
+            raise ValueError(f"alignment_loss must be triplet or infonce, got {self.alignment_loss!r}")
         if self.sentence_branch not in SENTENCE_BRANCHES:
             raise ValueError(
                 f"sentence_branch must be one of {SENTENCE_BRANCHES}, got {self.sentence_branch!r}"
@@ -273,9 +278,17 @@ def same_sequence(seqs: list[list[str]]) -> Tensor:
     return same & ~torch.eye(len(keys), dtype=torch.bool)
 
 
+def _align(
+    cfg: A3VSETrainConfig, images: Tensor, texts: Tensor, margin: float, mask: Tensor | None = None
+) -> Tensor:
+    if cfg.alignment_loss == "infonce":
+        return info_nce(images, texts, cfg.infonce_temperature, mask)
+    return hardest_negative_triplet(images, texts, margin, mask)
+
+
 def _semantic_triplet(cfg: A3VSETrainConfig, images: Tensor, texts: Tensor, seqs: list[list[str]]) -> Tensor:
     mask = same_sequence(seqs) if cfg.semantic_negatives == "distinct" else None
-    return hardest_negative_triplet(images, texts, cfg.alpha_vs, mask)
+    return _align(cfg, images, texts, cfg.alpha_vs, mask)
 
 
 def _semantic_pairs(un: Unannotated | None) -> Unannotated | None:
@@ -335,7 +348,7 @@ def train_a3vse(
             sentences, sent_vecs = _pick_sentences(annotated, idx, rng)
             gv = model.visual(store.take(annotated.rows[idx]))
             gt = _text(model.text, vocab, sentences, cfg.max_len, sent_vecs)
-            tri_vt = hardest_negative_triplet(gv, gt, cfg.alpha_vt)
+            tri_vt = _align(cfg, gv, gt, cfg.alpha_vt)
             domains = {"v": gv, "t": gt}
             parts = {"tri_vt": tri_vt}
             loss = tri_vt
@@ -420,8 +433,8 @@ def train_text_into(
         for _ in range(steps):
             idx = rng.choice(n_l, b_l, replace=False)
             sentences, sent_vecs = _pick_sentences(annotated, idx, rng)
-            loss = hardest_negative_triplet(
-                img_l[idx], _text(encoder, vocab, sentences, cfg.max_len, sent_vecs), cfg.alpha_vt
+            loss = _align(
+                cfg, img_l[idx], _text(encoder, vocab, sentences, cfg.max_len, sent_vecs), cfg.alpha_vt
             )
             if sem is not None and img_u is not None and b_u >= 2:
                 uidx = rng.choice(len(sem.rows), b_u, replace=False)
