@@ -104,7 +104,10 @@ def test_get_stats_and_tag_caption_without_components(stub: pb_grpc.ImageSearchS
         stub.Tag(pb.TagRequest(image=image), timeout=30)
     # this bundle has no tagger or captioner attached: a precondition of the server, not a bad request
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "no tagger" in info.value.details()
-    assert code_of(stub.Caption, pb.CaptionRequest(image=image), timeout=30) == grpc.StatusCode.FAILED_PRECONDITION
+    assert (
+        code_of(stub.Caption, pb.CaptionRequest(image=image), timeout=30)
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )
     still_answers(stub)
 
 

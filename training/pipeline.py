@@ -167,7 +167,9 @@ def select_variants(variants: dict[str, Any], wanted: str) -> dict[str, Any]:
     for item in (w.strip() for w in wanted.split(",")):
         name = item if item in variants else by_slug.get(slug(item))
         if name is None:
-            raise SystemExit(f"xlsearch-train: unknown variant {item!r}; the config has: {', '.join(by_slug)}")
+            raise SystemExit(
+                f"xlsearch-train: unknown variant {item!r}; the config has: {', '.join(by_slug)}"
+            )
         chosen.append(name)
     return {k: variants[k] for k in chosen}
 
