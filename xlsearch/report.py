@@ -38,7 +38,10 @@ def variants_table(results: list[dict[str, Any]]) -> str:
     head = "| Model | CL (visual) | CM | CLM (CL visual) | CLM (CL e5) | seeds |"
     lines = [head, "|" + "---|" * 6]
     for name, runs in _by_variant(results).items():
-        cells = [_pm([r["rows"][c]["mrr"] for r in runs]) if c in runs[0]["rows"] else "—" for c in cols]
+        cells = [
+            _pm([r["rows"][c]["mrr"] for r in runs if c in r["rows"]]) if c in runs[0]["rows"] else "—"
+            for c in cols
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(runs)} |")
     return "\n".join(lines)
 
@@ -47,9 +50,12 @@ def detail_table(runs: list[dict[str, Any]]) -> str:
     """Every row of one variant with MRR and R@K, mean ± std over seeds."""
     lines = ["| Matching | MRR | R@1 | R@5 | R@10 | alpha |", "|---|---|---|---|---|---|"]
     for key, label in ROW_LABELS.items():
-        if key not in runs[0]["rows"]:
+        # runs benchmarked before a row existed lack it: average the row over the runs that have it
+        rows = [r["rows"][key] for r in runs if key in r["rows"]]
+        if not rows:
             continue
-        rows = [r["rows"][key] for r in runs]
+        if len(rows) < len(runs):
+            label = f"{label} ({len(rows)} of {len(runs)} seeds)"
         alpha = _pm([x["alpha"] for x in rows]) if "alpha" in rows[0] else ""
         cells = [_pm([x[m] for x in rows]) for m in ("mrr", "r@1", "r@5", "r@10")]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {alpha} |")
