@@ -34,6 +34,7 @@ from xlsearch.atomic import save_npz_atomic
 from xlsearch.index import BundleKey, ImageIndex, ImageMeta
 from xlsearch.indexer.sources import Source, SourceItem
 from xlsearch.preprocess import DEFAULT_MAX_PIXELS, ImageError, PreprocessConfig, load_image, preprocess
+from xlsearch.tagging import confident_tags
 
 # Stored predicted tags need at least this probability (the Tag RPC still returns every top-m^ tag with its score).
 DEFAULT_MIN_TAG_SCORE = 0.3
@@ -117,39 +118,17 @@ class BundleEncoder:
         self.min_tag_score = min_tag_score
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
-        if pixels.ndim == 4:
-            return self.bundle.encode_pixels(pixels)
-        n, crops = pixels.shape[:2]
-        flat = self.bundle.encode_pixels(pixels.reshape(n * crops, *pixels.shape[2:]))
-        return _l2n(flat.reshape(n, crops, -1).mean(axis=1))
+        return self.bundle.encode_pixels(pixels)
 
     def encode_images_and_tags(self, pixels: np.ndarray) -> tuple[np.ndarray, list[tuple[str, ...]]]:
         """One backbone pass gives the index vector and the feature the tagger reads (top-m^ tags by LQP)."""
         if self.tagger is None:
             return self.encode_images(pixels), [()] * len(pixels)
-        if pixels.ndim == 4:
-            vecs, feats = self.bundle.encode_pixels_with_features(pixels)
-        else:
-            n, crops = pixels.shape[:2]
-            v, f = self.bundle.encode_pixels_with_features(pixels.reshape(n * crops, *pixels.shape[2:]))
-            vecs, feats = (
-                _l2n(v.reshape(n, crops, -1).mean(axis=1)),
-                _l2n(f.reshape(n, crops, -1).mean(axis=1)),
-            )
+        vecs, feats = self.bundle.encode_pixels_with_features(pixels)
         return vecs, confident_tags(self.tagger.predict(feats), self.min_tag_score)
 
     def encode_captions(self, texts: list[str]) -> np.ndarray:
         return self.bundle.cl_vectors(texts, "en")
-
-
-def _l2n(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def confident_tags(predicted: Sequence[Sequence[Any]], min_score: float) -> list[tuple[str, ...]]:
-    """Per image, the predicted tags (LQP's top m^) whose probability reaches ``min_score``: a tag the tagger
-    itself doubts would only make the tag filter return wrong images."""
-    return [tuple(t.tag for t in scored if t.score >= min_score) for scored in predicted]
 
 
 def merge_tags(given: Sequence[str], predicted: Sequence[str]) -> tuple[str, ...]:

@@ -168,16 +168,17 @@ class SearchService:
             )
 
     async def tag(self, call: TagCall, deadline: Deadline) -> AnnotationView:
-        self._check_image(call)
-        engine = self._engine()
-        view = await self._runner.run(deadline, "tagging", engine.tag, call)
-        self._metrics.observe_stages(view.timings)
-        return view
+        return await self._annotate(call, deadline, "tagging", "tag")
 
     async def caption(self, call: CaptionCall, deadline: Deadline) -> AnnotationView:
+        return await self._annotate(call, deadline, "captioning", "caption")
+
+    async def _annotate(
+        self, call: TagCall | CaptionCall, deadline: Deadline, what: str, method: str
+    ) -> AnnotationView:
         self._check_image(call)
-        engine = self._engine()
-        view = await self._runner.run(deadline, "captioning", engine.caption, call)
+        work = getattr(self._engine(), method)  # EngineAdapter.tag / .caption
+        view = await self._runner.run(deadline, what, work, call)
         self._metrics.observe_stages(view.timings)
         return view
 

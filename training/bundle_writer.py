@@ -19,6 +19,17 @@ from xlsearch.training.export_text import export_text_encoder
 from xlsearch.training.train_w2vv import TrainConfig, TrainedEncoder
 
 
+def runtime_versions() -> dict[str, str]:
+    """What a bundle records about the software that wrote it."""
+    return {
+        "xlsearch": xlsearch.__version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
+
+
 def write_w2vv_bundle(
     folder: str | Path,
     image_encoder: torch.nn.Module,
@@ -75,13 +86,7 @@ def write_w2vv_bundle(
         "sentence_encoder": sentence_encoder,
         "fusion": fusion,
         "train_config": asdict(train_config),
-        "versions": {
-            "xlsearch": xlsearch.__version__,
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": runtime_versions(),
         **(extra or {}),
     }
     return write_bundle_manifest(folder, manifest)

@@ -63,6 +63,17 @@ def write_bundle_manifest(folder: str | Path, manifest: dict[str, Any]) -> dict[
     return out
 
 
+def update_bundle_manifest(
+    folder: str | Path, changes: dict[str, Any], verify: bool = True
+) -> dict[str, Any]:
+    """Change manifest fields (the fusion chosen on validation, an attached component) without re-exporting;
+    re-hashes the bundle. ``verify=False`` when the caller has verified it before changing its files."""
+    manifest = read_bundle_manifest(folder, verify=verify)
+    for key in ("format", "files", "content_hash"):
+        manifest.pop(key, None)
+    return write_bundle_manifest(folder, {**manifest, **changes})
+
+
 def read_bundle_manifest(folder: str | Path, verify: bool = True) -> dict[str, Any]:
     folder = Path(folder)
     path = folder / MANIFEST
@@ -145,42 +156,35 @@ class Bundle:
         return bool(self.manifest["image_encoder"].get("feature_output"))
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """[B,3,H,W] preprocessed pixels -> [B,D] index vectors."""
+        """[B,3,H,W] preprocessed pixels (or [B,crops,3,H,W]: crops averaged, re-normalised) -> [B,D] index vectors."""
         out = self.manifest["image_encoder"].get("output", "embedding")
-        return self._image.run([out], {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+        (emb,) = self._image.run([out], {"pixels": _flat_crops(pixels)})
+        return emb if pixels.ndim == 4 else _crop_mean(emb, len(pixels))
 
     def encode_pixels_with_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[B,3,H,W] -> ([B,D] index vectors, [B,F] L2-normalised backbone features), one backbone pass."""
+        """[B,3,H,W] (or [B,crops,3,H,W], averaged over the crops and re-normalised) -> ([B,D] index vectors,
+        [B,F] L2-normalised backbone features), one backbone pass."""
         spec = self.manifest["image_encoder"]
         if not self.has_features:
             raise BundleError(
                 f"{self.folder}: the image encoder has no feature output (re-export the bundle)"
             )
         emb, feat = self._image.run(
-            [spec.get("output", "embedding"), spec["feature_output"]],
-            {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)},
+            [spec.get("output", "embedding"), spec["feature_output"]], {"pixels": _flat_crops(pixels)}
         )
-        return emb, feat
+        if pixels.ndim == 4:
+            return emb, feat
+        return _crop_mean(emb, len(pixels)), _crop_mean(feat, len(pixels))
 
     def encode_images(self, images: list) -> np.ndarray:
         """PIL images -> [B,D]; oversampled crops are encoded and averaged (then re-normalised)."""
-        arrays = [preprocess(img, self.preprocess_config) for img in images]
-        if self.preprocess_config.crop == "oversample":
-            crops = arrays[0].shape[0]
-            flat = self.encode_pixels(np.concatenate(arrays, axis=0))
-            vecs = flat.reshape(len(arrays), crops, -1).mean(axis=1)
-            return _l2n(vecs)
-        return self.encode_pixels(np.stack(arrays))
+        return self.encode_pixels(np.stack([preprocess(img, self.preprocess_config) for img in images]))
 
     def encode_images_with_features(self, images: list) -> tuple[np.ndarray, np.ndarray]:
         """PIL images -> ([B,D] index vectors, [B,F] backbone features), crops averaged as in `encode_images`."""
-        arrays = [preprocess(img, self.preprocess_config) for img in images]
-        if self.preprocess_config.crop == "oversample":
-            crops = arrays[0].shape[0]
-            emb, feat = self.encode_pixels_with_features(np.concatenate(arrays, axis=0))
-            n = len(arrays)
-            return _l2n(emb.reshape(n, crops, -1).mean(axis=1)), _l2n(feat.reshape(n, crops, -1).mean(axis=1))
-        return self.encode_pixels_with_features(np.stack(arrays))
+        return self.encode_pixels_with_features(
+            np.stack([preprocess(img, self.preprocess_config) for img in images])
+        )
 
     # -- components (loaded on first use; None when the bundle has none) --------------------------------------
     @property
@@ -239,6 +243,14 @@ class Bundle:
             return self._text[lang]
         except KeyError:
             raise BundleError(f"{self.folder}: no text encoder for language {lang!r}") from None
+
+
+def _flat_crops(pixels: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(pixels.reshape(-1, *pixels.shape[-3:]), dtype=np.float32)
+
+
+def _crop_mean(vectors: np.ndarray, n: int) -> np.ndarray:
+    return _l2n(vectors.reshape(n, -1, vectors.shape[-1]).mean(axis=1))
 
 
 def _l2n(x: np.ndarray) -> np.ndarray:

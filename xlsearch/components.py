@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from xlsearch.atomic import write_text_atomic
-from xlsearch.bundle import BundleError, read_bundle_manifest, write_bundle_manifest
+from xlsearch.bundle import BundleError, read_bundle_manifest, update_bundle_manifest
 
 COMPONENT_SPEC = "component.json"
 KINDS = ("tagger", "captioner")
@@ -78,6 +78,6 @@ def attach_component(bundle_dir: str | Path, component_dir: str | Path) -> dict[
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(component_dir, dst)
-    manifest = {k: v for k, v in manifest.items() if k not in ("files", "content_hash", "format")}
-    manifest[kind] = {**spec, "folder": kind}
-    return write_bundle_manifest(bundle_dir, manifest)
+    return update_bundle_manifest(
+        bundle_dir, {kind: {**spec, "folder": kind}}, verify=False
+    )  # verified above

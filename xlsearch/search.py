@@ -37,6 +37,7 @@ from PIL import Image
 
 from xlsearch.index import ImageIndex, ImageMeta
 from xlsearch.preprocess import DEFAULT_MAX_PIXELS, ImageError, load_image
+from xlsearch.tagging import confident_tags
 
 __all__ = [
     "MODES",
@@ -237,9 +238,7 @@ class SearchEngine:
         text = bundle.manifest.get("text_encoders", {}) if hasattr(bundle, "manifest") else {}
         self._annotator: Any = None
         self._annotate_limits = annotate_limits  # xlsearch.annotate.AnnotateLimits (None: its defaults)
-        self.min_tag_score = (
-            min_tag_score  # predicted tags stored for added images (as `xlsearch index` does)
-        )
+        self.min_tag_score = min_tag_score  # predicted tags of added images: stored as `xlsearch index` does
         self._zh_uses_sentence = bool(text.get("zh", {}).get("sentence_dim", 0))
 
     @property
@@ -517,10 +516,7 @@ class SearchEngine:
                 continue
             emb, feats = self.bundle.encode_images_with_features(batch)
             vecs.append(emb)
-            tags.extend(
-                tuple(t.tag for t in scored if t.score >= self.min_tag_score)
-                for scored in tagger.predict(feats)
-            )
+            tags.extend(confident_tags(tagger.predict(feats), self.min_tag_score))
         return np.concatenate(vecs), tags
 
     def _prepare(self, n: int, item: NewImage) -> tuple[ImageMeta, Image.Image]:

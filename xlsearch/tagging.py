@@ -167,3 +167,9 @@ class Tagger:
                 ]
             )
         return results
+
+
+def confident_tags(predicted: Sequence[Sequence[TagScore]], min_score: float) -> list[tuple[str, ...]]:
+    """Per image, the predicted tags (LQP's top m^) whose probability reaches ``min_score``: what the index stores
+    (a tag the tagger itself doubts would only make the tag filter return wrong images)."""
+    return [tuple(t.tag for t in scored if t.score >= min_score) for scored in predicted]

@@ -10,22 +10,20 @@ benchmark load it unchanged:
 
 from __future__ import annotations
 
-import platform
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
 import onnx
-import onnxruntime
 import torch
 from torch import Tensor, nn
 
-import xlsearch
-from xlsearch.bundle import read_bundle_manifest, write_bundle_manifest
+from xlsearch.bundle import write_bundle_manifest
 from xlsearch.training.a3vse.model import A3VSEImageEncoder, TextEncoder
 from xlsearch.training.a3vse.regions import RegionExtractor
 from xlsearch.training.a3vse.train import A3VSETrainConfig, TrainedA3VSE
+from xlsearch.training.bundle_writer import runtime_versions
 from xlsearch.training.export_image import FEATURE_NAME, OUTPUT_NAME, export_image_encoder
 
 TEXT_INPUTS = ("token_ids", "lengths")
@@ -154,24 +152,10 @@ def write_a3vse_bundle(
         "sentence_encoder": sentence_encoder,
         "fusion": fusion,
         "train_config": train_config.to_dict(),
-        "versions": {
-            "xlsearch": xlsearch.__version__,
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": runtime_versions(),
         **(extra or {}),
     }
     return write_bundle_manifest(folder, manifest)
 
 
-def update_bundle_manifest(folder: str | Path, **changes: Any) -> dict[str, Any]:
-    """Change manifest fields (e.g. the fusion chosen on validation) without re-exporting; re-hashes the bundle."""
-    manifest = read_bundle_manifest(folder)
-    for key in ("format", "files", "content_hash"):
-        manifest.pop(key, None)
-    return write_bundle_manifest(folder, {**manifest, **changes})
-
-
-__all__ = ["export_a3vse_text_encoder", "text_input_names", "update_bundle_manifest", "write_a3vse_bundle"]
+__all__ = ["export_a3vse_text_encoder", "text_input_names", "write_a3vse_bundle"]

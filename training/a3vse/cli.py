@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from xlsearch.benchmark import evaluate
-from xlsearch.bundle import SENTENCE_ROLE, Bundle
+from xlsearch.bundle import SENTENCE_ROLE, Bundle, update_bundle_manifest
 from xlsearch.datasets.unannotated import build_pool, default_candidates
 from xlsearch.manifest import Manifest, read_manifest, resplit_manifest
 from xlsearch.sentence import build_sentence_encoder, cached_encode
 from xlsearch.text import tokenizer_for
-from xlsearch.training.a3vse.bundle_writer import update_bundle_manifest, write_a3vse_bundle
+from xlsearch.training.a3vse.bundle_writer import write_a3vse_bundle
 from xlsearch.training.a3vse.regions import RegionStore, build_region_extractor, extract_regions
 from xlsearch.training.a3vse.report import format_a3vse_results
 from xlsearch.training.a3vse.semantics import (
@@ -322,7 +322,7 @@ def run_a3vse(
     )
     # the untouched split: hidden training text only matters for training ("all images" rows need every caption)
     metrics = choose_fusion(CachedSentenceBundle(out / "bundle", sentence_cache), split, vectors)
-    update_bundle_manifest(out / "bundle", fusion=metrics.pop("fusion"), benchmark=metrics["rows"])
+    update_bundle_manifest(out / "bundle", {"fusion": metrics.pop("fusion"), "benchmark": metrics["rows"]})
     return {
         "train_seconds": round(time.time() - t0, 1),
         "best_val": {"zh": text_zh.best, "en": text_en.best},
@@ -397,7 +397,7 @@ def run_w2vv(
     metrics = choose_fusion(
         CachedSentenceBundle(out / "bundle", sentence_cache), split, dict(zip(ids, vecs, strict=True))
     )
-    update_bundle_manifest(out / "bundle", fusion=metrics.pop("fusion"), benchmark=metrics["rows"])
+    update_bundle_manifest(out / "bundle", {"fusion": metrics.pop("fusion"), "benchmark": metrics["rows"]})
     return {
         "train_seconds": round(time.time() - t0, 1),
         "best_val": {lang: e.best for lang, e in encoders.items()},
