@@ -98,8 +98,11 @@ class Encoder(Protocol):
         """[B,3,S,S] (or [B,10,3,S,S] oversampled) -> [B,D]."""
         ...
 
-    def encode_images_and_tags(self, pixels: np.ndarray) -> tuple[np.ndarray, list[tuple[str, ...]]]:
-        """[B,D] vectors and each image's predicted Chinese tags (empty tuples without a tagger)."""
+    def encode_images_and_tags(
+        self, pixels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, list[tuple[str, ...]]]:
+        """[B,D] vectors, [B,F] backbone features (None when the bundle has no feature output) and each image's
+        predicted Chinese tags (empty tuples without a tagger)."""
         ...
 
     def encode_captions(self, texts: list[str]) -> np.ndarray:
@@ -120,12 +123,17 @@ class BundleEncoder:
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         return self.bundle.encode_pixels(pixels)
 
-    def encode_images_and_tags(self, pixels: np.ndarray) -> tuple[np.ndarray, list[tuple[str, ...]]]:
-        """One backbone pass gives the index vector and the feature the tagger reads (top-m^ tags by LQP)."""
-        if self.tagger is None:
-            return self.encode_images(pixels), [()] * len(pixels)
+    def encode_images_and_tags(
+        self, pixels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, list[tuple[str, ...]]]:
+        """One backbone pass gives the index vector and the feature the index stores (Tag/Caption by id) and the
+        tagger reads (top-m^ tags by LQP)."""
+        if not self.bundle.has_features:
+            return self.encode_images(pixels), None, [()] * len(pixels)
         vecs, feats = self.bundle.encode_pixels_with_features(pixels)
-        return vecs, confident_tags(self.tagger.predict(feats), self.min_tag_score)
+        if self.tagger is None:
+            return vecs, feats, [()] * len(pixels)
+        return vecs, feats, confident_tags(self.tagger.predict(feats), self.min_tag_score)
 
     def encode_captions(self, texts: list[str]) -> np.ndarray:
         return self.bundle.cl_vectors(texts, "en")
@@ -153,6 +161,7 @@ class Chunk:
     ids: list[str] = field(default_factory=list)
     fingerprints: list[str] = field(default_factory=list)
     images: list[np.ndarray] = field(default_factory=list)
+    features: list[np.ndarray] = field(default_factory=list)  # empty when the bundle has no feature output
     captions: list[np.ndarray | None] = field(default_factory=list)
     tags: list[tuple[str, ...]] = field(default_factory=list)  # predicted Chinese tags
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"id", "path", "reason", "fingerprint"}
@@ -167,18 +176,21 @@ class Row:
     caption: np.ndarray | None
     reason: str = ""
     tags: tuple[str, ...] = ()  # predicted
+    feature: np.ndarray | None = None
 
 
 class Checkpoint:
     """Work folder of chunk files ``chunk_NNNNNN.npz`` (ids, fingerprints, vectors, skipped). Later chunks win."""
 
-    def __init__(self, folder: str | os.PathLike[str], dim: int, cl_dim: int):
-        self.folder, self.dim, self.cl_dim = Path(folder), dim, cl_dim
+    def __init__(self, folder: str | os.PathLike[str], dim: int, cl_dim: int, feature_dim: int = 0):
+        self.folder, self.dim, self.cl_dim, self.feature_dim = Path(folder), dim, cl_dim, feature_dim
 
     @classmethod
     def next_to(cls, out: str | os.PathLike[str], key: BundleKey) -> Checkpoint:
         out = Path(out).absolute()
-        return cls(out.parent / f".{out.name}.work-{key.bundle_hash[:16]}", key.dim, key.cl_dim)
+        return cls(
+            out.parent / f".{out.name}.work-{key.bundle_hash[:16]}", key.dim, key.cl_dim, key.feature_dim
+        )
 
     def _chunks(self) -> list[Path]:
         return sorted(self.folder.glob("chunk_*.npz")) if self.folder.is_dir() else []
@@ -193,12 +205,18 @@ class Checkpoint:
                     images, captions, has_cap = z["images"], z["captions"], z["has_caption"]
                     skipped = json.loads(str(z["skipped"]))
                     tags = json.loads(str(z["tags"])) if "tags" in z.files else [[] for _ in ids]
+                    feats = z["features"] if "features" in z.files else np.zeros((len(ids), 0), np.float32)
             except (OSError, ValueError, KeyError):  # a torn or foreign file: recompute its items
                 continue
             if images.shape[1:] != (self.dim,) or captions.shape[1:] != (self.cl_dim,):
                 continue
+            if feats.shape != (len(ids), self.feature_dim):
+                continue  # written before features were stored (or by another bundle): recompute
             for n, (i, f) in enumerate(zip(ids, fps, strict=True)):
-                rows[(i, f)] = Row(images[n], captions[n] if has_cap[n] else None, tags=tuple(tags[n]))
+                feature = feats[n] if self.feature_dim else None
+                rows[(i, f)] = Row(
+                    images[n], captions[n] if has_cap[n] else None, tags=tuple(tags[n]), feature=feature
+                )
             for s in skipped:
                 rows[(s["id"], s["fingerprint"])] = Row(None, None, s["reason"])
         return rows
@@ -218,6 +236,11 @@ class Checkpoint:
             ids=np.array(chunk.ids, dtype=str),
             fingerprints=np.array(chunk.fingerprints, dtype=str),
             images=images.astype(np.float32),
+            features=(
+                np.stack(chunk.features).astype(np.float32)
+                if chunk.features
+                else np.zeros((len(chunk.ids), self.feature_dim), np.float32)
+            ),
             captions=captions.astype(np.float32),
             has_caption=has_cap,
             skipped=np.array(json.dumps(chunk.skipped, ensure_ascii=False)),
@@ -245,7 +268,13 @@ class IndexWriter:
             kept = [(it, r) for it, r in zip(items, rows, strict=True) if r.image is not None]
             if kept:
                 metas = [ImageMeta(it.id, it.uri, it.captions, merge_tags(it.tags, r.tags)) for it, r in kept]
-                index.add(metas, np.stack([r.image for _, r in kept]), [r.caption for _, r in kept])
+                feats = [r.feature for _, r in kept]
+                index.add(
+                    metas,
+                    np.stack([r.image for _, r in kept]),
+                    [r.caption for _, r in kept],
+                    features=np.stack(feats) if all(f is not None for f in feats) else None,
+                )
         index.report = report
         with timer("save"):
             return index.save(self.out)
@@ -402,8 +431,10 @@ def _encode_batch(
     ok: list[tuple[SourceItem, str, np.ndarray]], encoder: Encoder, chunk: Chunk, timer: StageTimer
 ) -> None:
     with timer("encode_images"):
-        vecs, tags = encoder.encode_images_and_tags(np.stack([x for _, _, x in ok]))
+        vecs, feats, tags = encoder.encode_images_and_tags(np.stack([x for _, _, x in ok]))
         vecs = np.asarray(vecs, dtype=np.float32)
+    if feats is not None:
+        chunk.features.extend(np.asarray(feats, dtype=np.float32))
     captioned = [n for n, (it, _, _) in enumerate(ok) if it.captions]
     caps: list[np.ndarray | None] = [None] * len(ok)
     if captioned:

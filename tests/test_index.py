@@ -228,3 +228,55 @@ def test_ivf_needs_enough_training_vectors() -> None:
     auto = ImageIndex.create(KEY, "IVFauto,Flat")
     auto.add(metas, img, cap)
     assert auto.images.nlist == 1 and auto.count == 20
+
+
+def test_features_round_trip_replace_and_remove(tmp_path: Path) -> None:
+    """Backbone features (what Tag/Caption by id read) are stored per image, float16, and follow adds, replaces,
+    removes and saves; an index of a bundle without a feature output stores none."""
+    metas, img, cap = make_items(12)
+    feats = unit(np.random.default_rng(5), 12, 40)
+    ix = ImageIndex.create(BundleKey("bundle-a", DIM, "sentence", CL_DIM, feature_dim=40))
+    ix.add(metas, img, cap, features=feats)
+    got = ix.image_features(np.array([ix.int_id("img-003"), ix.int_id("img-000")]))
+    np.testing.assert_allclose(got, feats[[3, 0]], atol=2e-3)
+    ix.add([metas[3]], img[[4]], [cap[3]], features=feats[[7]])  # replace
+    np.testing.assert_allclose(ix.image_features(np.array([ix.int_id("img-003")]))[0], feats[7], atol=2e-3)
+    ix.remove(["img-000"])
+    folder = ix.save(tmp_path / "index")
+    back = ImageIndex.load(folder)
+    assert back.features.count == back.count == 11 and back.key.feature_dim == 40
+    np.testing.assert_allclose(
+        back.image_features(np.array([back.int_id("img-003")]))[0], feats[7], atol=2e-3
+    )
+    # added without features: none stored, and the lookup says so instead of returning garbage
+    back.add([ImageMeta("plain")], img[[0]])
+    assert back.image_features(np.array([back.int_id("plain")])) is None
+    no_features = ImageIndex.create(KEY)
+    no_features.add(metas, img, cap, features=feats)  # ignored: this bundle has no feature output
+    assert no_features.features.count == 0 and no_features.image_features(np.array([0])) is None
+
+
+def test_load_removes_temp_folders_of_a_killed_save(filled, tmp_path: Path, caplog) -> None:
+    ix, _, _ = filled
+    folder = ix.save(tmp_path / "index")
+    stale = tmp_path / ".index.tmp-deadbeef"  # what kill -9 during save leaves: a full-size copy
+    stale.mkdir()
+    (stale / "images.faiss").write_bytes(b"\0" * 4096)
+    other = tmp_path / ".other.tmp-1234"  # another index's temp folder is not ours to remove
+    other.mkdir()
+    with caplog.at_level("WARNING", logger="xlsearch.index"):
+        assert ImageIndex.load(folder).count == 60
+    assert not stale.exists() and other.exists()
+    assert "interrupted save" in caplog.text and "4096 bytes" in caplog.text
+
+
+def test_saved_folder_follows_the_umask(filled, tmp_path: Path) -> None:
+    import os
+
+    ix, _, _ = filled
+    old = os.umask(0o022)
+    try:
+        folder = ix.save(tmp_path / "index")
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700

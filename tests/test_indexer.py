@@ -130,12 +130,12 @@ class FailingEncoder(BundleEncoder):
         super().__init__(bundle)
         self.fail_on, self.calls, self.images = fail_on, 0, 0
 
-    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+    def encode_images_and_tags(self, pixels: np.ndarray):
         self.calls += 1
         if self.calls == self.fail_on:
             raise RuntimeError("injected failure")
         self.images += len(pixels)
-        return super().encode_images(pixels)
+        return super().encode_images_and_tags(pixels)
 
 
 def _run(bundle: Bundle, source: Source, out: Path, encoder: BundleEncoder):
@@ -177,6 +177,12 @@ def test_interrupted_run_resumes(bundle: Bundle, manifest: Manifest, tmp_path: P
         np.testing.assert_allclose(a.image_vectors(ia), b.image_vectors(ib), atol=1e-5)
         np.testing.assert_allclose(a.caption_vectors(ia), b.caption_vectors(ib), atol=1e-5)
         assert a.metadata(ia) == b.metadata(ib)
+        # the backbone feature survives the checkpoint too, and is what the bundle gives for the file
+        _, feature = bundle.encode_pixels_with_features(
+            ImageDecoder(bundle.preprocess_config, 1 << 30)(item)[None]
+        )
+        np.testing.assert_allclose(a.image_features(ia), feature, atol=2e-3)
+        np.testing.assert_allclose(a.image_features(ia), b.image_features(ib), atol=1e-6)
 
 
 def test_indexer_vectors_equal_bundle_encode_images(bundle: Bundle, manifest: Manifest) -> None:

@@ -5,6 +5,7 @@ Folder layout (``xlsearch-index/1``)::
     manifest.json         format, bundle_hash, dim, cl_dim, metric, factory, cl_space, count, captions, version...
     images.faiss          image vectors (int64 ids)                    -> CM
     captions.faiss        first-caption vectors in the bundle's CL space -> CL (only captioned images)
+    features.faiss        backbone features (float16, int64 ids) for Tag/Caption by id; bundles with a feature output
     metadata.sqlite       int id -> string id, uri, captions; tags table (int id, position, tag)
     {images,captions}.vectors.npy / .ids.npy    approximate factories only: exact float32 vectors
     {images,captions}.tombstones.npy            HNSW only: ids removed but still in the graph
@@ -23,8 +24,10 @@ does not mutate the index, so it may run under a read lock.
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -33,7 +36,8 @@ import sqlite3
 import tempfile
 import uuid
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +56,8 @@ __all__ = [
     "IndexMismatchError",
     "parse_factory",
 ]
+
+log = logging.getLogger(__name__)
 
 INDEX_FORMAT = "xlsearch-index/1"
 DEFAULT_FACTORY = "IDMap,Flat"
@@ -81,6 +87,9 @@ class BundleKey:
     dim: int
     cl_space: str
     cl_dim: int
+    # Backbone feature the bundle's tagger/captioner read (0: the image encoder has no feature output). Derived
+    # from the bundle, so not compared: an index built without features just cannot Tag/Caption by id.
+    feature_dim: int = field(default=0, compare=False)
 
     @classmethod
     def of(cls, bundle: Any) -> BundleKey:
@@ -90,7 +99,8 @@ class BundleKey:
         if isinstance(bundle, Mapping):
             cl_space = (bundle.get("fusion") or {}).get("cl_space", "visual")
             dim = int(bundle["dim"])
-            return cls(str(bundle["content_hash"]), dim, cl_space, _manifest_cl_dim(bundle, cl_space, dim))
+            cl_dim = _manifest_cl_dim(bundle, cl_space, dim)
+            return cls(str(bundle["content_hash"]), dim, cl_space, cl_dim, _manifest_feature_dim(bundle))
         dim, cl_space = int(bundle.dim), str(bundle.cl_space)
         cl_dim = getattr(bundle, "cl_dim", None)
         if cl_dim is None and cl_space == "visual":
@@ -104,7 +114,15 @@ class BundleKey:
                     _PROBED_CL_DIM[bundle] = cl_dim
                 except TypeError:  # not weak-referenceable: just don't cache
                     pass
-        return cls(str(bundle.content_hash), dim, cl_space, int(cl_dim))
+        feature_dim = _manifest_feature_dim(getattr(bundle, "manifest", None) or {})
+        return cls(str(bundle.content_hash), dim, cl_space, int(cl_dim), feature_dim)
+
+
+def _manifest_feature_dim(manifest: Mapping[str, Any]) -> int:
+    image = manifest.get("image_encoder") or {}
+    if not image.get("feature_output"):
+        return 0
+    return int(image.get("feature_dim") or 0)
 
 
 _PROBED_CL_DIM: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
@@ -337,6 +355,55 @@ class _Table:
         return t
 
 
+class _FeatureStore:
+    """Backbone features by int id (float16: what Tag/Caption by id read instead of the image file). Not searched;
+    an image added without a feature simply has none (Tag/Caption by its id then answer FAILED_PRECONDITION)."""
+
+    FILE = "features.faiss"
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.store = self._new() if dim else None
+
+    def _new(self) -> faiss.Index:
+        return faiss.IndexIDMap2(faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16))
+
+    @property
+    def count(self) -> int:
+        return int(self.store.ntotal) if self.store is not None else 0
+
+    def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        if self.store is not None and len(ids):
+            self.store.add_with_ids(np.ascontiguousarray(vecs, np.float32), _id_array(ids))
+
+    def remove(self, ids: np.ndarray) -> None:
+        if self.store is not None and len(ids):
+            self.store.remove_ids(faiss.IDSelectorBatch(_id_array(ids)))
+
+    def ids(self) -> np.ndarray:
+        if self.store is None:
+            return np.zeros(0, np.int64)
+        return faiss.vector_to_array(self.store.id_map).astype(np.int64)
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        return self.store.reconstruct_batch(_id_array(ids))
+
+    def write(self, folder: Path) -> None:
+        if self.store is not None:
+            faiss.write_index(self.store, str(folder / self.FILE))
+
+    @classmethod
+    def read(cls, folder: Path, dim: int) -> _FeatureStore:
+        t = cls(dim)
+        path = folder / cls.FILE
+        if dim and path.is_file():
+            store = faiss.read_index(str(path))
+            if store.d != dim:
+                raise IndexFormatError(f"{path}: dim {store.d}, manifest says feature_dim {dim}")
+            t.store = store
+        return t
+
+
 # -- metadata --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ImageMeta:
@@ -448,6 +515,7 @@ class ImageIndex:
         self.spec = parse_factory(factory)
         self.images = _Table(self.spec, key.dim, "images")
         self.captions = _Table(self.spec, key.cl_dim, "captions")
+        self.features = _FeatureStore(key.feature_dim)
         self._state = _State()
         self.version = 0
         self.next_id = 0
@@ -469,6 +537,7 @@ class ImageIndex:
         """Read an index folder; with ``bundle`` given, refuse (IndexMismatchError) one built for another bundle."""
         folder = Path(folder)
         _recover(folder)
+        _remove_stale_temps(folder)
         try:
             m = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -477,12 +546,15 @@ class ImageIndex:
             raise IndexFormatError(f"{folder / MANIFEST}:{e.lineno}: broken JSON: {e.msg}") from None
         if m.get("format") != INDEX_FORMAT:
             raise IndexFormatError(f"{folder}: format {m.get('format')!r}, expected {INDEX_FORMAT!r}")
-        key = BundleKey(m["bundle_hash"], int(m["dim"]), m["cl_space"], int(m["cl_dim"]))
+        key = BundleKey(
+            m["bundle_hash"], int(m["dim"]), m["cl_space"], int(m["cl_dim"]), int(m.get("feature_dim", 0))
+        )
         if bundle is not None:
             check_compatible(key, BundleKey.of(bundle), folder)
         self = cls(key, m["factory"])
         self.images = _Table.read(folder, self.spec, key.dim, "images")
         self.captions = _Table.read(folder, self.spec, key.cl_dim, "captions")
+        self.features = _FeatureStore.read(folder, key.feature_dim)
         for int_id, meta in _read_metadata(folder / METADATA).items():
             self._state.put(int_id, meta)
         self.version, self.next_id, self.uid = int(m["version"]), int(m["next_id"]), m["uid"]
@@ -506,6 +578,8 @@ class ImageIndex:
             problems.append(
                 f"captions {m['captions']}, captions.faiss {self.captions.count}, metadata {n_cap}"
             )
+        if m.get("features", 0) != self.features.count or self.features.count > self.images.count:
+            problems.append(f"features {m.get('features', 0)}, features.faiss {self.features.count}")
         if problems:
             raise IndexFormatError(f"{folder}: inconsistent index: {'; '.join(problems)}")
 
@@ -557,13 +631,18 @@ class ImageIndex:
         metas: Sequence[ImageMeta],
         image_vectors: np.ndarray,
         caption_vectors: np.ndarray | Sequence[np.ndarray | None] | None = None,
+        features: np.ndarray | None = None,
     ) -> np.ndarray:
         """Add images; returns their new int ids. An id already present is replaced (new int id, old vectors
         removed); within one call the last occurrence of an id wins. ``caption_vectors`` is an [N,D] array (every
         image captioned), a list with None for images without a caption, or None (no captions). A caption vector
-        must be given exactly for the metas that have captions (``captions[0]`` is what it encodes)."""
+        must be given exactly for the metas that have captions (``captions[0]`` is what it encodes). ``features``
+        [N, feature_dim]: the backbone features Tag/Caption by id read (ignored by an index without features)."""
         n = len(metas)
         img = self._vectors(image_vectors, n, self.dim, "image_vectors")
+        feats = None
+        if features is not None and self.key.feature_dim:
+            feats = self._vectors(features, n, self.key.feature_dim, "features")
         caps = _caption_rows(caption_vectors, n)
         for m, c in zip(metas, caps, strict=True):
             if m.has_caption != (c is not None):
@@ -587,6 +666,8 @@ class ImageIndex:
         self._remove_int(replaced)
         self.images.add(int_ids, img[keep])
         self.captions.add(int_ids[cap_rows], cap_vecs)
+        if feats is not None:
+            self.features.add(int_ids, feats[keep])
         for j, i in enumerate(keep):
             self._state.put(int(int_ids[j]), metas[i])
         self.next_id += len(keep)
@@ -610,6 +691,7 @@ class ImageIndex:
         captioned = _id_array(i for i in int_ids if i not in self._state.uncaptioned)
         self.images.remove(arr)
         self.captions.remove(captioned)
+        self.features.remove(arr)
         for i in int_ids:
             self._state.drop(int(i))
 
@@ -653,6 +735,13 @@ class ImageIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, int ids) of caption vectors (CL); only captioned images can appear."""
         return self.captions.search(q, k, allowed, self.nprobe, self.ef_search)
+
+    def image_features(self, int_ids: np.ndarray) -> np.ndarray | None:
+        """Stored backbone features [n, feature_dim] (float16 precision), or None when any of them has none."""
+        ids = _id_array(int_ids)
+        if not self.features.count or not np.isin(ids, self.features.ids()).all():
+            return None
+        return self.features.vectors(ids)
 
     def image_vectors(self, int_ids: np.ndarray) -> np.ndarray:
         """Stored (exact, float32) image vectors. Raises KeyError/RuntimeError for unknown ids."""
@@ -708,6 +797,8 @@ class ImageIndex:
             "cl_space": self.cl_space,
             "count": self.count,
             "captions": self.caption_count,
+            "feature_dim": self.key.feature_dim,
+            "features": self.features.count,
             "version": self.version,
             "next_id": self.next_id,
             "uid": self.uid,
@@ -729,21 +820,23 @@ class ImageIndex:
             raise ValueError("save: no folder given and the index was never loaded or saved")
         target = target.absolute()
         target.parent.mkdir(parents=True, exist_ok=True)
-        _recover(target)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-        try:
-            for t in (self.images, self.captions):
-                t.write(tmp)
-            _write_metadata(tmp / METADATA, self._state.meta)
-            if self.report is not None:
-                _write_text(tmp / REPORT, json.dumps(self.report, ensure_ascii=False, indent=1))
-            _write_text(tmp / MANIFEST, json.dumps(self.manifest(), ensure_ascii=False, indent=1))  # last
-            for p in tmp.iterdir():
-                _fsync(p)
-            _swap_in(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with _parent_lock(target):  # one save at a time, across processes
+            _recover(target)
+            tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+            try:
+                os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the index from other users
+                for t in (self.images, self.captions, self.features):
+                    t.write(tmp)
+                _write_metadata(tmp / METADATA, self._state.meta)
+                if self.report is not None:
+                    _write_text(tmp / REPORT, json.dumps(self.report, ensure_ascii=False, indent=1))
+                _write_text(tmp / MANIFEST, json.dumps(self.manifest(), ensure_ascii=False, indent=1))  # last
+                for p in tmp.iterdir():
+                    _fsync(p)
+                _swap_in(tmp, target)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         self.folder = target
         return target
 
@@ -801,6 +894,46 @@ def _swap_in(tmp: Path, target: Path) -> None:
     _fsync(target.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it; restored at once
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def _parent_lock(target: Path, blocking: bool = True) -> Iterator[bool]:
+    """flock on the folder's parent directory, held by every save (so a loader can tell the temp folder of a live
+    save from one left by a killed save). Yields False when ``blocking`` is off and a save holds it."""
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Temp folders of a save that was killed (kill -9, power loss) hold a full copy of the index: remove them,
+    unless a save is running right now in some process."""
+    parent = target.parent
+    if not parent.is_dir() or not any(parent.glob(f".{target.name}.tmp-*")):
+        return
+    with _parent_lock(target, blocking=False) as free:
+        if not free:
+            return  # a live save owns them
+        for p in sorted(parent.glob(f".{target.name}.tmp-*")):
+            size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+            shutil.rmtree(p, ignore_errors=True)
+            log.warning("removed %s (%d bytes) left by an interrupted save", p, size)
 
 
 def _recover(target: Path) -> None:
