@@ -89,14 +89,18 @@ class EngineAdapter:
         a = self.engine.annotator.caption(_ref(call.image), n_best=call.n_best, recommend=call.recommend)
         return AnnotationView.from_engine(a)
 
-    def add_images(self, uploads: list[ImageUpload]) -> list[str]:
+    def prepare_images(self, uploads: list[ImageUpload], start: int = 0) -> Any:
+        """Decode and encode one batch of a stream (nothing is added yet)."""
         from xlsearch.search import NewImage
 
         items = [
             NewImage(image_bytes=u.image_bytes, id=u.id or None, caption=u.caption or None, uri=u.uri or None)
             for u in uploads
         ]
-        return [str(i) for i in self.engine.add_images(items)]
+        return self.engine.prepare(items, start)
+
+    def commit_images(self, staged: list[Any]) -> list[str]:
+        return [str(i) for i in self.engine.commit(staged)]
 
     def delete(self, ids: list[str]) -> tuple[int, list[str]]:
         deleted, not_found = self.engine.delete(ids)

@@ -5,6 +5,7 @@ Plain types in and out (see `types.py`); protobuf stays in `converters.py` and t
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import unicodedata
@@ -15,7 +16,7 @@ from typing import Any
 from xlsearch import __version__
 from xlsearch.server.cache import IndexScope, SearchCache, embedding_key, normalize_query, result_key
 from xlsearch.server.engine_adapter import EngineAdapter, QueryVectors, StageTimer
-from xlsearch.server.errors import InvalidArgument, TooLarge
+from xlsearch.server.errors import DeadlineExceeded, InvalidArgument, TooLarge
 from xlsearch.server.execution import BlockingRunner, Deadline
 from xlsearch.server.loading import EngineSlot
 from xlsearch.server.metrics import ServerMetrics
@@ -32,6 +33,10 @@ from xlsearch.server.types import (
     StatsView,
     TagCall,
 )
+
+# Images decoded and encoded together while an AddImages stream arrives: bounds the call's memory (bytes of at most
+# this many uploads + their pixel tensors) without giving up batched ONNX runs.
+ADD_BATCH = 16
 
 
 def _has_han(text: str) -> bool:
@@ -73,7 +78,9 @@ class QueryValidator:
             if not math.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
                 raise InvalidArgument(f"alpha must be in [0, 1], got {alpha}")
             alpha = round(float(alpha), 6)  # the wire carries float32: 0.3 arrives as 0.30000001192...
-        clean_tags = tuple(sorted({t.strip() for t in tags if t.strip()}))
+        if any(not t.strip() for t in tags):
+            raise InvalidArgument("tags must be non-empty strings (an empty tag would silently match nothing)")
+        clean_tags = tuple(sorted({t.strip() for t in tags}))
         return SearchQuery(query=query, top_k=top_k, mode=mode, alpha=alpha, tags=clean_tags)
 
 
@@ -85,11 +92,13 @@ class SearchService:
         cache: SearchCache,
         runner: BlockingRunner,
         metrics: ServerMetrics,
+        writes: BlockingRunner | None = None,
     ) -> None:
         self._settings = settings
         self._slot = slot
         self._cache = cache
-        self._runner = runner
+        self._runner = runner  # searches, Tag, Caption, stats
+        self._writes = writes or runner  # AddImages, DeleteImages
         self._metrics = metrics
         self._validate = QueryValidator(settings)
         self._changed_here = False
@@ -184,29 +193,56 @@ class SearchService:
 
     # -- index changes -----------------------------------------------------------------------------------------
     async def add_images(self, uploads: AsyncIterator[ImageUpload], deadline: Deadline) -> AddOutcome:
+        """Decode and encode the stream in batches of ``add_batch`` images as they arrive (the memory of one call
+        does not grow with its image count: only the vectors are kept), then commit everything at once: all or
+        nothing. Runs on the write pool, so adds never take the threads searches run on."""
         engine = self._engine()
-        items: list[ImageUpload] = []
-        total = 0
-        async for upload in uploads:
+        s = self._settings
+        staged: list[Any] = []
+        batch: list[ImageUpload] = []
+        count = total = 0
+        stream = aiter(uploads)
+        while True:
+            try:
+                upload = await asyncio.wait_for(anext(stream), s.add_idle_timeout_seconds)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"AddImages sent nothing for {s.add_idle_timeout_seconds:g} s; nothing was added"
+                ) from None
             deadline.check("reading the image stream")
-            n = len(items)
             if not upload.image_bytes:
-                raise InvalidArgument(f"image {n} ({upload.id or 'no id'}) has no bytes")
-            if len(upload.image_bytes) > self._settings.max_image_bytes:
+                raise InvalidArgument(f"image {count} ({upload.id or 'no id'}) has no bytes")
+            if len(upload.image_bytes) > s.max_image_bytes:
                 raise TooLarge(
-                    f"image {n} ({upload.id or 'no id'}) has {len(upload.image_bytes)} bytes; "
-                    f"the limit is {self._settings.max_image_bytes}"
+                    f"image {count} ({upload.id or 'no id'}) has {len(upload.image_bytes)} bytes; "
+                    f"the limit is {s.max_image_bytes}"
                 )
             total += len(upload.image_bytes)
-            if n >= self._settings.max_images_per_call or total > self._settings.max_add_bytes:
+            if count >= s.max_images_per_call or total > s.max_add_bytes:
                 raise TooLarge(
-                    f"one AddImages call may carry {self._settings.max_images_per_call} images and "
-                    f"{self._settings.max_add_bytes} bytes; split the stream"
+                    f"one AddImages call may carry {s.max_images_per_call} images and "
+                    f"{s.max_add_bytes} bytes; split the stream"
                 )
-            items.append(upload)
-        if not items:
+            batch.append(upload)
+            count += 1
+            if len(batch) >= ADD_BATCH:
+                staged.append(
+                    await self._writes.run(
+                        deadline, "encoding images", engine.prepare_images, batch, count - len(batch)
+                    )
+                )
+                batch = []
+        if not count:
             raise InvalidArgument("AddImages needs at least one image")
-        ids = await self._runner.run(deadline, "adding images", engine.add_images, items)
+        if batch:
+            staged.append(
+                await self._writes.run(
+                    deadline, "encoding images", engine.prepare_images, batch, count - len(batch)
+                )
+            )
+        ids = await self._writes.run(deadline, "adding images", engine.commit_images, staged)
         self._metrics.added_images.inc(len(ids))
         return AddOutcome(ids=list(ids), index_version=await self._after_change(engine))
 
@@ -215,7 +251,7 @@ class SearchService:
         wanted = [i for i in dict.fromkeys(i.strip() for i in ids) if i]
         if not wanted:
             raise InvalidArgument("DeleteImages needs at least one id")
-        deleted, not_found = await self._runner.run(deadline, "deleting images", engine.delete, wanted)
+        deleted, not_found = await self._writes.run(deadline, "deleting images", engine.delete, wanted)
         self._metrics.deleted_images.inc(deleted)
         return DeleteOutcome(
             deleted=deleted,

@@ -14,6 +14,7 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from server_support import ServedPair, ServerThread, session_pair, test_settings
 
@@ -386,7 +387,7 @@ def test_tag_by_path_bytes_and_id_agree_with_the_raw_call(
     by_bytes, by_id = annotated.tag(path.read_bytes()), annotated.tag(ImageId(image_id))
     for other in (by_bytes, by_id):
         assert [t.tag for t in other.tags] == [t.tag for t in by_path.tags]
-        assert [t.score for t in other.tags] == pytest.approx(scores, abs=1e-5)
+        assert [t.score for t in other.tags] == pytest.approx(scores, abs=1e-4)  # by id: float16 feature
 
     three = annotated.tag(path, k=3, user_tags=[by_path.tags[0].tag])
     assert len(three.tags) == 3
@@ -423,14 +424,12 @@ def test_annotate_errors_carry_the_status_codes(annotated: Client, stamps: list[
             call()
         assert info.value.code == code and fragment in info.value.message
 
-    # an image added as bytes has no file the server could read back
+    # an image added as bytes (no file the server could read back) is tagged from the feature the index stores
     added = annotated.add_images([(path.read_bytes(), "client/no-uri")])
     try:
-        with pytest.raises(XlsearchError) as info:
-            annotated.tag(ImageId("client/no-uri"))
-        assert (
-            info.value.code == grpc.StatusCode.FAILED_PRECONDITION and "client/no-uri" in info.value.message
-        )
+        by_id, by_bytes = annotated.tag(ImageId("client/no-uri"), k=3), annotated.tag(path.read_bytes(), k=3)
+        assert [t.tag for t in by_id.tags] == [t.tag for t in by_bytes.tags]
+        assert np.allclose([t.score for t in by_id.tags], [t.score for t in by_bytes.tags], atol=1e-3)
     finally:
         assert annotated.delete(added.ids).deleted == 1
 

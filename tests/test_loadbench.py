@@ -260,3 +260,21 @@ def _scale(argv: list[str], out: Path) -> dict:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "CLM R@10" in proc.stdout
     return json.loads(out.read_text(encoding="utf-8"))
+
+
+def test_grpc_with_writers_interleaves_idle_and_loaded_levels(
+    tiny_pair: tuple[Path, Path], tiny_manifest: Path, tmp_path: Path
+) -> None:
+    """--with-writers: each level runs idle and under AddImages+DeleteImages streams, on a copy of the index (the
+    original is never written)."""
+    bundle, index = tiny_pair
+    before = (index / "manifest.json").read_bytes()
+    out = tmp_path / "writers.json"
+    argv = ["grpc", "--bundle", str(bundle), "--index", str(index), "--manifest", str(tiny_manifest)]
+    argv += ["--concurrency", "1", "--requests", "15", "--with-writers", "1", "--writer-images", "4"]
+    assert lb.main([*argv, "--out", str(out)]) == 0
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert [(s["writers"], s["requests"], s["errors"]) for s in result["summary"]] == [(0, 15, 0), (1, 15, 0)]
+    loaded = result["summary"][1]
+    assert loaded["writer_images_per_second"] > 0 and loaded["writer_errors"] == 0
+    assert (index / "manifest.json").read_bytes() == before

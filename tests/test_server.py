@@ -124,6 +124,10 @@ BAD_SEARCHES = {
     "alpha > 1": pb.SearchRequest(query=QUERY, alpha=1.5),
     "alpha nan": pb.SearchRequest(query=QUERY, alpha=float("nan")),
     "unknown mode": pb.SearchRequest(query=QUERY, mode=7),
+    "empty tag": pb.SearchRequest(
+        query=QUERY, tags=[""]
+    ),  # used to be dropped silently: an unfiltered search
+    "blank tag": pb.SearchRequest(query=QUERY, tags=["动物", "  "]),
 }
 
 

@@ -183,3 +183,73 @@ def test_library_errors_map_by_class_name():
     assert classify(IndexMismatchError("x"))[0] == grpc.StatusCode.FAILED_PRECONDITION
     code, message, _ = classify(KeyError("secret detail"))
     assert code == grpc.StatusCode.INTERNAL and "secret" not in message
+
+
+# -- writes run apart from searches (issue 10, defect 5) ----------------------------------------------------------
+def _add(stub: pb_grpc.ImageSearchStub, image_id: str, timeout: float = 10) -> grpc.StatusCode:
+    try:
+        stub.AddImages(iter([pb.AddImageRequest(image_bytes=b"png", id=image_id)]), timeout=timeout)
+    except grpc.RpcError as e:
+        return e.code()
+    return grpc.StatusCode.OK
+
+
+def test_a_slow_write_does_not_hold_the_search_threads():
+    """One search thread, one write thread: while an AddImages batch takes 1.5 s, searches answer at once (before,
+    adds ran on the search pool and a few of them starved every search)."""
+    engine = ScriptedEngine(write_seconds=1.5)
+    st = start(engine, worker_threads=1, write_threads=1)
+    try:
+        with st.channel() as channel, concurrent.futures.ThreadPoolExecutor(1) as pool:
+            stub = pb_grpc.ImageSearchStub(channel)
+            adding = pool.submit(_add, stub, "slow")
+            while engine.prepares == 0:
+                time.sleep(0.01)
+            t0 = time.monotonic()
+            assert len(stub.Search(pb.SearchRequest(query="一只猫", top_k=3), timeout=5).hits) == 3
+            assert time.monotonic() - t0 < 0.5
+            assert adding.result() == grpc.StatusCode.OK and "slow" in engine.ids
+    finally:
+        st.stop(grace=0)
+
+
+def test_write_queue_limit_refuses_with_resource_exhausted():
+    engine = ScriptedEngine(write_seconds=1.0)
+    st = start(engine, write_threads=1, max_queued_writes=1)
+    try:
+        with st.channel() as channel, concurrent.futures.ThreadPoolExecutor(2) as pool:
+            stub = pb_grpc.ImageSearchStub(channel)
+            first = pool.submit(_add, stub, "first")
+            while engine.prepares == 0:
+                time.sleep(0.01)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.AddImages(iter([pb.AddImageRequest(image_bytes=b"png", id="second")]), timeout=5)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "busy" in info.value.details()
+            assert first.result() == grpc.StatusCode.OK
+            assert "second" not in engine.ids
+            assert _add(stub, "third") == grpc.StatusCode.OK  # the queue drained: writes are accepted again
+    finally:
+        st.stop(grace=0)
+
+
+def test_an_idle_add_stream_is_cut_off_and_adds_nothing():
+    engine = ScriptedEngine()
+    st = start(engine, add_idle_timeout_seconds=0.3)
+
+    def trickle() -> Iterator[pb.AddImageRequest]:
+        yield pb.AddImageRequest(image_bytes=b"png", id="early")
+        time.sleep(1.0)
+        yield pb.AddImageRequest(image_bytes=b"png", id="late")
+
+    try:
+        with st.channel() as channel:
+            stub = pb_grpc.ImageSearchStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.AddImages(trickle(), timeout=10)
+            assert (
+                info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                and "sent nothing" in info.value.details()
+            )
+            assert "early" not in engine.ids and "late" not in engine.ids
+    finally:
+        st.stop(grace=0)

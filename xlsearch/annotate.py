@@ -17,17 +17,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from xlsearch.search import InvalidArgument, SearchError, decode_image_bytes
+from xlsearch.search import ImageUnavailable, InvalidArgument, SearchError, decode_image_bytes
+
+__all__ = ["AnnotateLimits", "Annotation", "Annotator", "ComponentMissing", "ImageRef", "ImageUnavailable"]
 
 
 class ComponentMissing(SearchError):
     """The loaded bundle has no tagger / captioner."""
-
-    grpc_status = "FAILED_PRECONDITION"
-
-
-class ImageUnavailable(SearchError):
-    """An indexed image whose file cannot be read (added as bytes without a uri, or moved since)."""
 
     grpc_status = "FAILED_PRECONDITION"
 
@@ -111,23 +107,19 @@ class Annotator:
 
     # -- images -------------------------------------------------------------------------------------------------
     def _load(self, ref: ImageRef) -> Image.Image:
-        if bool(ref.image_bytes) == bool(ref.image_id):
-            raise InvalidArgument("give exactly one of image_bytes and image_id")
-        if ref.image_bytes:
-            return decode_image_bytes(ref.image_bytes, self.engine.limits, "image")
-        meta = self.engine.get(ref.image_id)  # NotFound for an unknown id
-        path = Path(meta.uri) if meta.uri else None
-        if path is None or not path.is_file():
-            where = (
-                f"its uri {meta.uri!r} is not a readable file" if meta.uri else "it was added without a uri"
-            )
-            raise ImageUnavailable(
-                f"image {ref.image_id!r} is indexed but {where}; send the image bytes instead"
-            )
-        return decode_image_bytes(path.read_bytes(), self.engine.limits, f"image {ref.image_id!r}")
+        """The query image, decoded with the engine's limits (bytes only: indexed images are never re-read)."""
+        return decode_image_bytes(ref.image_bytes, self.engine.limits, "image")
 
     def _encode(self, ref: ImageRef, timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        """([1,D] index vector, [1,F] backbone feature) of the image. An indexed image's come from the index: a
+        client-supplied uri is metadata only, never opened."""
+        if bool(ref.image_bytes) == bool(ref.image_id):
+            raise InvalidArgument("give exactly one of image_bytes and image_id")
         t0 = time.perf_counter()
+        if ref.image_id:
+            emb, feat = self.engine.stored_image(ref.image_id)  # NotFound / ImageUnavailable
+            timings["lookup"] = time.perf_counter() - t0
+            return emb[None], feat[None]
         image = self._load(ref)
         t1 = time.perf_counter()
         emb, feat = self.bundle.encode_images_with_features([image])

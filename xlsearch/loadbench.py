@@ -37,6 +37,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -52,6 +53,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from xlsearch.load_writers import WriterLoad
 
 STAGES = ("tokenize", "encode", "search", "fuse", "metadata")
 DEFAULT_FACTORIES = ("IDMap,Flat", "HNSW32", "IVF{nlist},Flat", "IVF{nlist},PQ32")
@@ -289,7 +292,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_text(encoding="utf-8", errors="replace")
-            if m := re.search(r"listening on \S+?:(\d+) \(gRPC\)", text):
+            if m := re.search(r"listening on \S+?:(\d+) \(gRPC", text):
                 self.port = int(m[1])
             if m := re.search(r"metrics on http://\S+?:(\d+)/metrics", text):
                 self.metrics_port = int(m[1])
@@ -632,6 +635,8 @@ def run_grpc(args: argparse.Namespace) -> dict[str, Any]:
             "mode": args.search_mode,
             "cache_ttl_seconds": args.cache_ttl_seconds,
             "target": args.target,
+            "with_writers": args.with_writers,
+            "writer_images": args.writer_images,
         },
         "configs": [asdict(c) for c in configs],
         "levels": [],
@@ -644,48 +649,72 @@ def run_grpc(args: argparse.Namespace) -> dict[str, Any]:
             result["configs"] = [asdict(ServerConfig("target"))]
         else:
             for cfg in configs:
-                sp = ServerProcess(Path(args.bundle), Path(args.index), cfg, workdir, args.cache_ttl_seconds)
+                index = Path(args.index)
+                if args.with_writers:  # writers change the index: serve a copy
+                    index = workdir / f"index-{len(started)}"
+                    shutil.copytree(args.index, index)
+                sp = ServerProcess(Path(args.bundle), index, cfg, workdir, args.cache_ttl_seconds)
                 _log(f"starting server {cfg.name}: {' '.join(sp.argv()[1:])} {cfg.env or ''}")
                 sp.start(args.start_timeout)
                 started.append(sp)
                 servers.append((cfg, sp.target, sp.metrics_url, sp.proc.pid if sp.proc else None))
+        writer_counts = [0, args.with_writers] if args.with_writers else [0]
+        images = writer_images(args.manifest) if args.with_writers else []
         for rnd in range(args.repeat):
             for cfg, target, metrics_url, pid in servers:
                 for c in args.concurrency:
-                    lv = run_level(
-                        target,
-                        queries,
-                        c,
-                        args.requests,
-                        args.duration,
-                        args.warmup,
-                        args.top_k,
-                        args.search_mode,
-                        args.rpc_timeout,
-                        metrics_url,
-                        pid,
-                    )
-                    lv.update(config=cfg.name, round=rnd)
-                    result["levels"].append(lv)
-                    lat = lv["latency_ms"]
-                    _log(
-                        f"round {rnd} {cfg.name} c={c}: {lv['ok']}/{lv['requests']} ok, {lv['qps']:.1f} QPS, "
-                        f"p50 {fmt(lat.get('p50'))} p99 {fmt(lat.get('p99'))} ms, load {lv['loadavg'][0]:.2f}"
-                    )
+                    for w in writer_counts:  # interleaved: idle and loaded levels share the machine's state
+                        load = (
+                            WriterLoad(target, images, w, args.writer_images, tag=f"r{rnd}c{c}w")
+                            if w
+                            else None
+                        )
+                        if load is not None:
+                            load.start()
+                            time.sleep(1.0)  # let the first AddImages calls start
+                        lv = run_level(
+                            target,
+                            queries,
+                            c,
+                            args.requests,
+                            args.duration,
+                            args.warmup,
+                            args.top_k,
+                            args.search_mode,
+                            args.rpc_timeout,
+                            metrics_url,
+                            pid,
+                        )
+                        lv.update(config=cfg.name, round=rnd, writers=w)
+                        if load is not None:
+                            lv["write_load"] = wl = load.stop()
+                            wl["add_latency_ms"] = summary_ms(wl.pop("add_seconds"))
+                        result["levels"].append(lv)
+                        lat = lv["latency_ms"]
+                        _log(
+                            f"round {rnd} {cfg.name} c={c} writers={w}: {lv['ok']}/{lv['requests']} ok, "
+                            f"{lv['qps']:.1f} QPS, p50 {fmt(lat.get('p50'))} p99 {fmt(lat.get('p99'))} ms, "
+                            f"load {lv['loadavg'][0]:.2f}"
+                        )
     finally:
         for sp in started:
             sp.stop()
-    result["summary"] = [
-        {
-            "config": cfg.name,
-            "concurrency": c,
-            **summarize_levels(
-                [lv for lv in result["levels"] if lv["config"] == cfg.name and lv["concurrency"] == c]
-            ),
-        }
-        for cfg, *_ in servers
-        for c in args.concurrency
-    ]
+    result["summary"] = []
+    for cfg, *_ in servers:
+        for c in args.concurrency:
+            for w in writer_counts:
+                levels = [
+                    lv
+                    for lv in result["levels"]
+                    if lv["config"] == cfg.name and lv["concurrency"] == c and lv.get("writers", 0) == w
+                ]
+                row = {"config": cfg.name, "concurrency": c, "writers": w, **summarize_levels(levels)}
+                if w:
+                    loads = [lv["write_load"] for lv in levels]
+                    row["writer_images_per_second"] = statistics.median(x["images_per_second"] for x in loads)
+                    row["writer_add_p50_ms"] = _median_of(loads, "add_latency_ms", "p50")
+                    row["writer_errors"] = sum(sum(x["errors"].values()) for x in loads)
+                result["summary"].append(row)
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     return result
 
@@ -706,6 +735,8 @@ def grpc_tables(result: dict[str, Any]) -> str:
         ]
         for s in result["summary"]
     ]
+    for row, s in zip(rows, result["summary"], strict=True):
+        row[0] = _label(s)
     out = [
         f"gRPC load: {result['queries']} distinct queries, median over {result['settings']['repeat']} round(s); "
         "latency = client wall time per Search (ms)",
@@ -733,7 +764,7 @@ def grpc_tables(result: dict[str, Any]) -> str:
         st = s["stages_p50_ms"]
         rows.append(
             [
-                s["config"],
+                _label(s),
                 s["concurrency"],
                 *(st[x] for x in STAGES),
                 s["server_wait_p50_ms"],
@@ -749,11 +780,47 @@ def grpc_tables(result: dict[str, Any]) -> str:
             "Prometheus xlsearch_stage_seconds / grpc_request_duration (Search, OK) over each level: mean ms",
         ]
         rows = [
-            [s["config"], s["concurrency"], *(s["prometheus_mean_ms"][x] for x in (*STAGES, "rpc"))]
+            [_label(s), s["concurrency"], *(s["prometheus_mean_ms"][x] for x in (*STAGES, "rpc"))]
             for s in result["summary"]
         ]
         out.append(table(["config", "clients", *STAGES, "rpc"], rows))
+    writers = [s for s in result["summary"] if s.get("writers")]
+    if writers:
+        out += [
+            "",
+            f"write load: AddImages of {result['settings']['writer_images']} images, then DeleteImages",
+        ]
+        rows = [
+            [
+                s["config"],
+                s["concurrency"],
+                s["writers"],
+                s["writer_images_per_second"],
+                s["writer_add_p50_ms"],
+                s["writer_errors"],
+            ]
+            for s in writers
+        ]
+        out.append(
+            table(["config", "clients", "writers", "images/s added", "AddImages p50 ms", "refused"], rows)
+        )
     return "\n".join(out)
+
+
+def _label(summary: dict[str, Any]) -> str:
+    """A summary row's config, marked when it ran under the write load."""
+    w = summary.get("writers")
+    return f"{summary['config']} + {w} writers" if w else summary["config"]
+
+
+def writer_images(manifest: str | None) -> list[Path]:
+    """Real images for the write load: the manifest's files."""
+    if not manifest:
+        return []
+    from xlsearch.manifest import read_manifest
+
+    m = read_manifest(manifest)
+    return [m.image_path(r) for r in m.records]
 
 
 # -- scale mode: synthetic vectors ----------------------------------------------------------------------------------
@@ -1391,6 +1458,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(OMP_NUM_THREADS=1); each config gets its own server, all run interleaved",
     )
     g.add_argument("--start-timeout", type=float, default=180.0)
+    g.add_argument(
+        "--with-writers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also measure every level under N concurrent AddImages+DeleteImages streams (interleaved with idle)",
+    )
+    g.add_argument(
+        "--writer-images", type=int, default=300, help="images per AddImages call of the write load"
+    )
 
     s = sub.add_parser("scale", help="index size x factory: build time, memory, latency, recall@k vs exact")
     common(s)

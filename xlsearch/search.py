@@ -44,6 +44,7 @@ __all__ = [
     "Deleted",
     "Hit",
     "ImageTooLarge",
+    "ImageUnavailable",
     "IndexPersistError",
     "InvalidArgument",
     "InvalidImage",
@@ -51,6 +52,7 @@ __all__ = [
     "Limits",
     "NewImage",
     "NotFound",
+    "PreparedImages",
     "RWLock",
     "SearchEngine",
     "SearchError",
@@ -92,6 +94,13 @@ class NotFound(SearchError):
     """An image id that is not in the index."""
 
     grpc_status = "NOT_FOUND"
+
+
+class ImageUnavailable(SearchError):
+    """An indexed image whose backbone feature the index does not hold (an index written before features were
+    stored, or a bundle without a feature output): Tag/Caption need the image bytes instead."""
+
+    grpc_status = "FAILED_PRECONDITION"
 
 
 class IndexPersistError(RuntimeError):
@@ -145,6 +154,18 @@ class SearchResult:
     rounds: int = 0  # index searches per table (1 = the first depth sufficed)
     candidates: int = 0  # images scored exactly in the last round
     exact: bool = True  # False with approximate indexes
+
+
+@dataclass
+class PreparedImages:
+    """New images validated and encoded, not yet in the index (``SearchEngine.prepare`` -> ``commit``)."""
+
+    metas: list[ImageMeta]
+    vectors: np.ndarray  # [n, dim]
+    captions: list[np.ndarray | None]  # CL vectors, None for images without a caption
+    features: (
+        np.ndarray | None
+    )  # [n, feature_dim] backbone features; None when the bundle has no feature output
 
 
 class Deleted(NamedTuple):
@@ -234,6 +255,7 @@ class SearchEngine:
         self.encode_batch = encode_batch
         self._lock = RWLock()
         self._save_lock = threading.Lock()
+        self._writes = threading.Lock()  # one change (mutation + its save) at a time
         self._saved_version = index.version if index.folder is not None else -1
         text = bundle.manifest.get("text_encoders", {}) if hasattr(bundle, "manifest") else {}
         self._annotator: Any = None
@@ -471,6 +493,21 @@ class SearchEngine:
                 raise NotFound(f"no image with id {image_id!r}")
             return self.index.metadata([i])[0]
 
+    def stored_image(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(image vector [dim], backbone feature [feature_dim]) of an indexed image, from the index alone."""
+        with self._lock.read():
+            i = self.index.int_id(image_id)
+            if i is None:
+                raise NotFound(f"no image with id {image_id!r}")
+            ids = np.array([i])
+            feats = self.index.image_features(ids)
+            if feats is None:
+                raise ImageUnavailable(
+                    f"image {image_id!r} is indexed without its backbone feature (an index built before "
+                    "features were stored): rebuild the index with `xlsearch index`, or send the image bytes"
+                )
+            return self.index.image_vectors(ids)[0], feats[0]
+
     def image_vector(self, image_id: str) -> np.ndarray:
         """The stored image vector of an indexed image (for Tag/Caption by image id)."""
         with self._lock.read():
@@ -483,11 +520,16 @@ class SearchEngine:
     def add_images(self, items: Sequence[NewImage]) -> list[str]:
         """Decode, embed and add; all-or-nothing per call (every item is validated and decoded first). An id that
         is already indexed is replaced. Returns the ids in input order."""
-        prepared = [self._prepare(n, item) for n, item in enumerate(items)]
+        return self.commit([self.prepare(items)])
+
+    def prepare(self, items: Sequence[NewImage], start: int = 0) -> PreparedImages:
+        """Validate, decode and encode a batch of new images without touching the index (no lock): a stream is
+        prepared batch by batch as it arrives and committed once. ``start`` numbers the items in messages."""
+        prepared = [self._prepare(start + n, item) for n, item in enumerate(items)]
         if not prepared:
-            return []
+            return PreparedImages([], np.zeros((0, self.index.dim), np.float32), [], None)
         images = [p[1] for p in prepared]
-        vecs, predicted = self._encode_new(images)
+        vecs, feats, predicted = self._encode_new(images)
         captioned = [n for n, p in enumerate(prepared) if p[0].has_caption]
         cap_rows: list[np.ndarray | None] = [None] * len(prepared)
         if captioned:
@@ -498,26 +540,50 @@ class SearchEngine:
             replace(p[0], tags=tuple(dict.fromkeys([*p[0].tags, *tags])))
             for p, tags in zip(prepared, predicted, strict=True)
         ]
-        with self._lock.write():
-            self.index.add(metas, vecs, cap_rows)
-        self._persist()
+        return PreparedImages(metas, vecs, cap_rows, feats)
+
+    def commit(self, batches: Sequence[PreparedImages]) -> list[str]:
+        """Add prepared batches to the index at once and persist. Returns the ids in order."""
+        batches = [b for b in batches if b.metas]
+        if not batches:
+            return []
+        metas = [m for b in batches for m in b.metas]
+        vecs = np.concatenate([b.vectors for b in batches])
+        caps = [c for b in batches for c in b.captions]
+        feats = None
+        if all(b.features is not None for b in batches):
+            feats = np.concatenate([b.features for b in batches])  # type: ignore[misc]
+        with (
+            self._writes
+        ):  # writers queue here, not at the RW lock, so a waiting writer never stalls searches
+            with self._lock.write():
+                self.index.add(metas, vecs, caps, features=feats)
+            self._persist()
         return [m.id for m in metas]
 
-    def _encode_new(self, images: list[Image.Image]) -> tuple[np.ndarray, list[tuple[str, ...]]]:
-        """Index vectors and, when the bundle has a tagger, each image's predicted Chinese tags (stored in the
-        metadata so Search can filter on them, exactly as the indexer does)."""
+    def _encode_new(
+        self, images: list[Image.Image]
+    ) -> tuple[np.ndarray, np.ndarray | None, list[tuple[str, ...]]]:
+        """Index vectors, backbone features (stored so Tag/Caption by id never read a file; None when the bundle
+        has no feature output) and, when the bundle has a tagger, each image's predicted Chinese tags (stored in
+        the metadata so Search can filter on them, exactly as the indexer does)."""
         tagger = getattr(self.bundle, "tagger", None)
-        vecs, tags = [], []
+        with_features = bool(getattr(self.bundle, "has_features", False))
+        vecs, feats, tags = [], [], []
         for i in range(0, len(images), self.encode_batch):
             batch = images[i : i + self.encode_batch]
-            if tagger is None:
+            if not with_features:
                 vecs.append(self.bundle.encode_images(batch))
                 tags.extend(() for _ in batch)
                 continue
-            emb, feats = self.bundle.encode_images_with_features(batch)
+            emb, feat = self.bundle.encode_images_with_features(batch)
             vecs.append(emb)
-            tags.extend(confident_tags(tagger.predict(feats), self.min_tag_score))
-        return np.concatenate(vecs), tags
+            feats.append(feat)
+            if tagger is None:
+                tags.extend(() for _ in batch)
+            else:
+                tags.extend(confident_tags(tagger.predict(feat), self.min_tag_score))
+        return np.concatenate(vecs), (np.concatenate(feats) if feats else None), tags
 
     def _prepare(self, n: int, item: NewImage) -> tuple[ImageMeta, Image.Image]:
         lim = self.limits
@@ -535,12 +601,13 @@ class SearchEngine:
 
     def delete(self, ids: Sequence[str]) -> Deleted:
         """Remove images -> (deleted ids, ids not found)."""
-        with self._lock.write():
-            deleted, missing = self.index.remove(ids)
-            if deleted and self.index.needs_compaction():
-                self.index.compact()
-        if deleted:
-            self._persist()
+        with self._writes:
+            with self._lock.write():
+                deleted, missing = self.index.remove(ids)
+                if deleted and self.index.needs_compaction():
+                    self.index.compact()
+            if deleted:
+                self._persist()
         return Deleted(deleted, missing)
 
     def save(self) -> None:
