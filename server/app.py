@@ -1,15 +1,19 @@
-"""The assembled server: grpc.aio + health + reflection + metrics interceptor + background loading.
+"""The assembled server: grpc.aio + health + reflection + interceptors + TLS + background loading.
 
 `SearchServer(settings).start()` binds the port first (health NOT_SERVING), then loads the bundle and index in a
 background thread and flips health to SERVING. `stop(grace)` sets NOT_SERVING, stops accepting calls and lets
 in-flight ones finish within the grace period. Everything it owns (registry, cache, thread pools) is created
 here and passed down; nothing is global, so tests can run several servers in one process.
+
+Interceptors, outermost first: metrics (sees every status, refusals included), API keys (when configured),
+concurrency limits, protobuf decoding. Health and reflection pass the last three untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -20,9 +24,15 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from xlsearch.server.auth import ApiKeys, AuthInterceptor, KeyFileError, exposure_problem, is_loopback
 from xlsearch.server.cache import SearchCache, build_cache
 from xlsearch.server.execution import BlockingRunner
-from xlsearch.server.interceptors import InFlightCalls, MetricsInterceptor
+from xlsearch.server.interceptors import (
+    DecodeInterceptor,
+    InFlightCalls,
+    LimitInterceptor,
+    MetricsInterceptor,
+)
 from xlsearch.server.loading import EngineSlot, load_engine
 from xlsearch.server.metrics import MetricsEndpoint, ServerMetrics
 from xlsearch.server.service import SearchService
@@ -42,7 +52,40 @@ EngineLoader = Callable[[ServerSettings], Any]
 
 
 class ServerStartError(RuntimeError):
-    """The gRPC port could not be bound."""
+    """The gRPC port could not be bound, or the security settings forbid serving (keys, TLS files)."""
+
+
+def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    """TLS (and with tls_client_ca, required client certificates) or None for plaintext. The files are checked
+    with the ssl module first: grpc itself only says "failed to bind" for a bad certificate or key."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.tls_cert, settings.tls_key
+        )
+        if settings.tls_client_ca is not None:
+            ssl.create_default_context(cafile=settings.tls_client_ca)
+        cert, key = settings.tls_cert.read_bytes(), settings.tls_key.read_bytes()
+        ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca is not None else None
+    except (OSError, ssl.SSLError, ValueError) as e:
+        files = ", ".join(str(f) for f in (settings.tls_cert, settings.tls_key, settings.tls_client_ca) if f)
+        raise ServerStartError(f"cannot use the TLS files ({files}): {e}") from None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+def load_keys(settings: ServerSettings) -> ApiKeys:
+    """The configured API keys, after the loopback rule (see auth.exposure_problem)."""
+    try:
+        keys = ApiKeys.from_settings(settings)
+    except KeyFileError as e:
+        raise ServerStartError(str(e)) from None
+    problem = exposure_problem(settings, keys)
+    if problem is not None:
+        raise ServerStartError(problem)
+    return keys
 
 
 def _in_daemon_thread(fn: Callable[[], Any], name: str) -> asyncio.Future[Any]:
@@ -83,6 +126,7 @@ class SearchServer:
         self._engine_loader = engine_loader
         self._runner = BlockingRunner(settings.worker_threads)
         self._in_flight = InFlightCalls()
+        self.limits: LimitInterceptor | None = None
         self._server: grpc.aio.Server | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._cache: SearchCache | None = None
@@ -101,6 +145,8 @@ class SearchServer:
     # -- start ------------------------------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
+        keys = load_keys(s)  # before anything is bound or created: a refusal leaves nothing to clean up
+        credentials = server_credentials(s)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, NOT_SERVING)
         self._cache = build_cache(
@@ -115,14 +161,22 @@ class SearchServer:
         await self.health.set(CACHE_HEALTH_NAME, SERVING if self._cache.up else NOT_SERVING)
         self._service = SearchService(s, self.slot, self._cache, self._runner, self.metrics)
 
+        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(self.metrics, self._in_flight)]
+        if keys:
+            interceptors.append(AuthInterceptor(keys, self.metrics, self.registry))
+        elif not is_loopback(s.host):
+            log.warning("no API keys and --insecure: every client that reaches %s may add and delete", s.host)
+        if keys and credentials is None and not is_loopback(s.host):
+            log.warning("API keys travel in plaintext to %s: configure tls_cert and tls_key", s.host)
+        self.limits = LimitInterceptor(self.metrics, s.max_concurrent_rpcs, s.max_concurrent_adds)
+        interceptors += [self.limits, DecodeInterceptor(self.metrics)]
         server = grpc.aio.server(
-            interceptors=[MetricsInterceptor(self.metrics, self._in_flight)],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 ("grpc.so_reuseport", 0),  # a port in use is an error, not silently shared
             ],
-            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         )
         pb_grpc.add_ImageSearchServicer_to_server(ImageSearchServicer(self._service, self.metrics), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -136,14 +190,19 @@ class SearchServer:
         )
         address = f"{_bracket(s.host)}:{s.port}"
         try:
-            self.port = server.add_insecure_port(address)
+            if credentials is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, credentials)
         except RuntimeError as e:
             raise ServerStartError(f"cannot listen on {address}: {e}") from None
         if self.port == 0:
             raise ServerStartError(f"cannot listen on {address} (in use?)")
         await server.start()
         self._server = server
-        log.info("listening on %s:%d (gRPC)", s.host, self.port)
+        security = "plaintext" if credentials is None else "TLS" if s.tls_client_ca is None else "mutual TLS"
+        auth = f"{len(keys)} API key(s)" if keys else "no API keys"
+        log.info("listening on %s:%d (gRPC, %s, %s)", s.host, self.port, security, auth)
 
         if s.metrics_port is not None:
             host = s.metrics_host or s.host

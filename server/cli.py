@@ -2,7 +2,11 @@
 
 Every setting has a flag named after it (`--max-top-k 50`), an `XLSEARCH_*` variable (`XLSEARCH_MAX_TOP_K=50`)
 and a config-file key (`max_top_k = 50`); flags win over variables, variables over the file. Exit codes: 0 after a
-clean shutdown, 2 for bad settings or a bundle/index pair that cannot be served.
+clean shutdown, 2 for bad settings, security settings that forbid serving (a non-loopback host without API keys or
+--insecure, unreadable key or TLS files) or a bundle/index pair that cannot be served.
+
+`xlsearch serve --new-key ROLE` prints a new random key and its key-file entry; `--hash-key ROLE` reads a key on
+stdin and prints its entry (`role:<sha256 hex>`). Neither starts a server.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, get_args
 
 from pydantic import ValidationError
 
+from xlsearch.server.auth import ROLES, key_entry, new_key
 from xlsearch.server.settings import ConfigFileError, ServerSettings
 
 log = logging.getLogger("xlsearch.server")
@@ -30,13 +35,25 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every flag can also be set as XLSEARCH_<NAME> or in the --config file.",
     )
     for name, field in ServerSettings.model_fields.items():
+        flag = bool in (get_args(field.annotation) or (field.annotation,))
         ap.add_argument(
             f"--{name.replace('_', '-')}",
             dest=name,
             default=argparse.SUPPRESS,
             metavar=_metavar(field.annotation),
             help=f"{field.description or name} (default: {field.default})",
+            **({"nargs": "?", "const": "true"} if flag else {}),  # `--insecure` alone means true
         )
+    keys = ap.add_argument_group("API keys (print and exit, no server)")
+    keys.add_argument(
+        "--new-key",
+        metavar="ROLE",
+        choices=ROLES,
+        help="print a new random key (line 1, give it to the client) and its key-file entry (line 2)",
+    )
+    keys.add_argument(
+        "--hash-key", metavar="ROLE", choices=ROLES, help="read a key on stdin, print its key-file entry"
+    )
     return ap
 
 
@@ -51,9 +68,14 @@ def _accepts_none(annotation: Any) -> bool:
 
 
 def parse_settings(argv: list[str] | None) -> ServerSettings:
-    args = build_parser().parse_args(argv)
+    return settings_from(build_parser().parse_args(argv))
+
+
+def settings_from(args: argparse.Namespace) -> ServerSettings:
     overrides: dict[str, Any] = {}
     for name, value in vars(args).items():
+        if name not in ServerSettings.model_fields:
+            continue
         optional = _accepts_none(ServerSettings.model_fields[name].annotation)
         overrides[name] = None if optional and value.strip().lower() in NONE_WORDS else value
     return ServerSettings(**overrides)
@@ -96,9 +118,33 @@ def configure_logging(settings: ServerSettings) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def key_command(args: argparse.Namespace) -> int:
+    """--new-key / --hash-key: the key goes to stdout only (never a log); the entry is safe to store."""
+    if args.new_key:
+        key = new_key()
+        print(key)
+        print(key_entry(args.new_key, key))
+        return 0
+    if sys.stdin.isatty():
+        import getpass
+
+        key = getpass.getpass("API key: ")
+    else:
+        key = sys.stdin.readline()
     try:
-        settings = parse_settings(argv)
+        print(key_entry(args.hash_key, key))
+    except ValueError as e:
+        print(f"xlsearch serve: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.new_key or args.hash_key:
+        return key_command(args)
+    try:
+        settings = settings_from(args)
     except (ValidationError, ConfigFileError) as e:
         print(f"xlsearch serve: error: bad settings: {e}", file=sys.stderr)
         return 2
@@ -107,8 +153,15 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from xlsearch.server.app import ServerStartError, load_keys, server_credentials
     from xlsearch.server.loading import PairError, check_pair
 
+    try:  # the loopback rule and the key/TLS files, before anything is loaded or bound
+        load_keys(settings)
+        server_credentials(settings)
+    except ServerStartError as e:
+        print(f"xlsearch serve: error: {e}", file=sys.stderr)
+        return 2
     try:
         check_pair(settings.bundle, settings.index)
     except PairError as e:

@@ -62,10 +62,35 @@ class ServerSettings(BaseSettings):
     caption_beam_size: int = Field(3, gt=0, description="beam width of caption decoding (raised to n_best)")
     recommend_k: int = Field(5, gt=0, description="sentences a Caption call recommends when asked")
 
+    # Concurrency (server/interceptors.py LimitInterceptor; health and reflection are never counted or refused).
     max_concurrent_rpcs: int | None = Field(
-        None,
+        64,
         gt=0,
-        description="calls handled at once; more are refused with RESOURCE_EXHAUSTED (unset: no limit)",
+        description="calls handled at once; more are refused with RESOURCE_EXHAUSTED (none: no limit)",
+    )
+    max_concurrent_adds: int | None = Field(
+        4,
+        gt=0,
+        description="AddImages streams open at once (each may buffer max_add_bytes); more are refused with "
+        "RESOURCE_EXHAUSTED (none: no limit)",
+    )
+
+    # Security (server/auth.py, docs/serving.md "Security").
+    api_keys_file: Path | None = Field(
+        None,
+        description="file of API keys, one 'role:<sha256 hex of the key>' per line (roles: search, admin; "
+        "`xlsearch serve --hash-key ROLE` makes an entry)",
+    )
+    api_keys: str | None = Field(
+        None, description="more entries like the key file's, separated by commas or whitespace"
+    )
+    insecure: bool = Field(
+        False, description="allow a non-loopback host without API keys (every client may add and delete)"
+    )
+    tls_cert: Path | None = Field(None, description="PEM server certificate chain: serve TLS (with tls_key)")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA bundle: require client certificates signed by it (mutual TLS)"
     )
 
     # Cache.
@@ -98,6 +123,10 @@ class ServerSettings(BaseSettings):
                 f"max_message_bytes ({self.max_message_bytes}) must exceed max_image_bytes ({self.max_image_bytes})"
                 " by 64 KiB so an oversized image reaches the server and gets a clear error"
             )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
         return self
 
     @property

@@ -113,8 +113,14 @@ class ServerThread:
     def wait_ready(self, timeout: float = 60) -> bool:
         return bool(self.call(self.server.wait_ready, timeout, timeout=timeout + 5))
 
-    def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.address)
+    def channel(self, credentials: grpc.ChannelCredentials | None = None, **options: Any) -> grpc.Channel:
+        """Plaintext, or TLS with `credentials`; `options`: channel options by name, e.g.
+        **{"grpc.ssl_target_name_override": "localhost"}."""
+        opts = list(options.items())
+        if credentials is None:
+            return grpc.insecure_channel(self.address, opts)
+        return grpc.secure_channel(self.address, credentials, opts)
+
 
     def stop(self, grace: float = 1.0) -> None:
         try:

@@ -19,6 +19,7 @@ import grpc.aio
 
 from xlsearch_client import _calls
 from xlsearch_client.client import DEFAULT_OPTIONS, DEFAULT_TARGET
+from xlsearch_client.connection import PathLike, connection
 from xlsearch_client.errors import XlsearchError
 from xlsearch_client.results import (
     AddResult,
@@ -80,15 +81,32 @@ class AsyncClient:
         target: str = DEFAULT_TARGET,
         timeout: float | None = 10.0,
         *,
+        api_key: str | None = None,
+        tls: bool = False,
+        tls_ca: PathLike | None = None,
+        tls_cert: PathLike | None = None,
+        tls_key: PathLike | None = None,
+        tls_server_name: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.target = target
         self.timeout = timeout
-        opts = [*DEFAULT_OPTIONS, *options]
+        conn = connection(
+            api_key=api_key,
+            tls=tls,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_server_name=tls_server_name,
+            credentials=credentials,
+            options=options,
+        )
+        self._metadata = conn.metadata
+        opts = [*DEFAULT_OPTIONS, *conn.options]
         self._channel = (
-            grpc.aio.secure_channel(target, credentials, opts)
-            if credentials is not None
+            grpc.aio.secure_channel(target, conn.credentials, opts)
+            if conn.credentials is not None
             else grpc.aio.insecure_channel(target, opts)
         )
         self._search = self._unary(_calls.SEARCH)
@@ -115,7 +133,7 @@ class AsyncClient:
         self, callable_: grpc.aio.UnaryUnaryMultiCallable, request: Any, timeout: float | None
     ) -> Any:
         try:
-            return await callable_(request, timeout=self._deadline(timeout))
+            return await callable_(request, timeout=self._deadline(timeout), metadata=self._metadata)
         except grpc.RpcError as e:
             raise XlsearchError.from_rpc(e) from None
 
@@ -161,7 +179,9 @@ class AsyncClient:
         """Like `Client.add_images`; `images` may also be an async iterable."""
         stream = _AbortableStream(images)
         try:
-            response = await self._add(stream.__aiter__(), timeout=self._deadline(timeout))
+            response = await self._add(
+                stream.__aiter__(), timeout=self._deadline(timeout), metadata=self._metadata
+            )
         except grpc.RpcError as e:
             if stream.error is not None:
                 raise stream.error from None

@@ -9,8 +9,9 @@
     xlsearch-client health [--service NAME]      # exit 0 when SERVING, 1 otherwise
 
 IMAGE is an image file, or with `--id` the id of an image in the server's index. `--target host:port` (default
-$XLSEARCH_TARGET or 127.0.0.1:50051) and `--timeout SECONDS` go before or after the command. A failed call prints
-one line, `<prog>: error: <STATUS_CODE>: <message>`, on stderr and exits 2.
+$XLSEARCH_TARGET or 127.0.0.1:50051), `--timeout SECONDS`, `--api-key KEY` (default $XLSEARCH_API_KEY) and the TLS
+options (`--tls`, `--tls-ca FILE`, `--tls-cert FILE --tls-key FILE`, `--tls-server-name NAME`) go before or after
+the command. A failed call prints one line, `<prog>: error: <STATUS_CODE>: <message>`, on stderr and exits 2.
 """
 
 from __future__ import annotations
@@ -61,6 +62,30 @@ def _connection_args(parser: argparse.ArgumentParser, top_level: bool) -> None:
         metavar="SECONDS",
         help=f"deadline of the call (default: {DEFAULT_TIMEOUT:g}; caption: {CAPTION_TIMEOUT:g}; "
         f"add: {ADD_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("XLSEARCH_API_KEY") or None if top_level else suppress,
+        metavar="KEY",
+        help="sent as 'authorization: Bearer KEY' (default: $XLSEARCH_API_KEY, which `ps` does not show)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=False if top_level else suppress,
+        help="connect with TLS, trusting the system's CA certificates",
+    )
+    for flag, help in (
+        ("--tls-ca", "connect with TLS, trusting the CA certificates in this PEM file"),
+        ("--tls-cert", "client certificate (PEM) for servers that require mutual TLS; with --tls-key"),
+        ("--tls-key", "private key (PEM) of --tls-cert"),
+    ):
+        parser.add_argument(flag, default=None if top_level else suppress, metavar="FILE", help=help)
+    parser.add_argument(
+        "--tls-server-name",
+        default=None if top_level else suppress,
+        metavar="NAME",
+        help="the name on the server's certificate, when it differs from the target's host",
     )
 
 
@@ -162,7 +187,16 @@ def _image_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace, default_timeout: float = DEFAULT_TIMEOUT) -> Client:
-    return Client(args.target, timeout=default_timeout if args.timeout is None else args.timeout)
+    return Client(
+        args.target,
+        timeout=default_timeout if args.timeout is None else args.timeout,
+        api_key=args.api_key,
+        tls=args.tls,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_server_name=args.tls_server_name,
+    )
 
 
 def _print_json(value: Any) -> None:

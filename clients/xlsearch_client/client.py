@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from xlsearch_client import _calls
+from xlsearch_client.connection import PathLike, connection
 from xlsearch_client.errors import XlsearchError
 from xlsearch_client.results import (
     AddResult,
@@ -61,23 +62,43 @@ class _AbortableStream:
 
 class Client:
     """Blocking client of one xlsearch server. `timeout` is the default deadline of every call (seconds; None:
-    no deadline); each method also takes its own `timeout`. Pass `credentials` (grpc.ssl_channel_credentials())
-    for TLS, `options` for extra channel options."""
+    no deadline); each method also takes its own `timeout`. `api_key` is sent with every call as
+    `authorization: Bearer <key>`. TLS: `tls=True` (system roots), `tls_ca` (a private CA's PEM file),
+    `tls_cert` + `tls_key` (a client certificate, for mutual TLS), `tls_server_name` (the name on the server's
+    certificate when it differs from the target's host), or ready-made `credentials`. `options`: extra channel
+    options."""
 
     def __init__(
         self,
         target: str = DEFAULT_TARGET,
         timeout: float | None = 10.0,
         *,
+        api_key: str | None = None,
+        tls: bool = False,
+        tls_ca: PathLike | None = None,
+        tls_cert: PathLike | None = None,
+        tls_key: PathLike | None = None,
+        tls_server_name: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.target = target
         self.timeout = timeout
-        opts = [*DEFAULT_OPTIONS, *options]
+        conn = connection(
+            api_key=api_key,
+            tls=tls,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_server_name=tls_server_name,
+            credentials=credentials,
+            options=options,
+        )
+        self._metadata = conn.metadata
+        opts = [*DEFAULT_OPTIONS, *conn.options]
         self._channel = (
-            grpc.secure_channel(target, credentials, opts)
-            if credentials is not None
+            grpc.secure_channel(target, conn.credentials, opts)
+            if conn.credentials is not None
             else grpc.insecure_channel(target, opts)
         )
         self._search = self._unary(_calls.SEARCH)
@@ -102,7 +123,7 @@ class Client:
 
     def _call(self, callable_: grpc.UnaryUnaryMultiCallable, request: Any, timeout: float | None) -> Any:
         try:
-            return callable_(request, timeout=self._deadline(timeout))
+            return callable_(request, timeout=self._deadline(timeout), metadata=self._metadata)
         except grpc.RpcError as e:
             raise XlsearchError.from_rpc(e) from None
 
@@ -158,7 +179,7 @@ class Client:
         (or cannot be read here), nothing is added."""
         stream = _AbortableStream(add_requests(images))
         try:
-            response = self._add(iter(stream), timeout=self._deadline(timeout))
+            response = self._add(iter(stream), timeout=self._deadline(timeout), metadata=self._metadata)
         except grpc.RpcError as e:
             if stream.error is not None:
                 raise stream.error from None
