@@ -31,9 +31,17 @@ import numpy as np
 from tqdm import tqdm
 
 from xlsearch.atomic import save_npz_atomic
+from xlsearch.decode import decode_pixels
 from xlsearch.index import BundleKey, ImageIndex, ImageMeta
 from xlsearch.indexer.sources import Source, SourceItem
-from xlsearch.preprocess import DEFAULT_MAX_PIXELS, ImageError, PreprocessConfig, load_image, preprocess
+from xlsearch.preprocess import (
+    DEFAULT_MAX_ASPECT,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SIDE,
+    DecodeLimits,
+    ImageError,
+    PreprocessConfig,
+)
 from xlsearch.tagging import confident_tags
 
 # Stored predicted tags need at least this probability (the Tag RPC still returns every top-m^ tag with its score).
@@ -75,11 +83,21 @@ class StageTimer:
 
 # -- mapper parts -----------------------------------------------------------------------------------------------
 class ImageDecoder:
-    """File -> preprocessed pixels; raises ImageError (the item is skipped) for missing, oversized or corrupt
-    files. Runs in worker threads: PIL decoding and numpy release the GIL for most of the work."""
+    """File -> preprocessed pixels (``decode_pixels``, the server's decode path, with the same default limits);
+    raises ImageError (the item is skipped) for missing, oversized or corrupt files, and for images above the
+    pixel, side or aspect-ratio limits. Runs in worker threads: PIL decoding and numpy release the GIL for most of
+    the work."""
 
-    def __init__(self, cfg: PreprocessConfig, max_bytes: int, max_pixels: int = DEFAULT_MAX_PIXELS):
-        self.cfg, self.max_bytes, self.max_pixels = cfg, max_bytes, max_pixels
+    def __init__(
+        self,
+        cfg: PreprocessConfig,
+        max_bytes: int,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_side: int = DEFAULT_MAX_SIDE,
+        max_aspect: float = DEFAULT_MAX_ASPECT,
+    ):
+        self.cfg, self.max_bytes = cfg, max_bytes
+        self.limits = DecodeLimits(max_pixels, max_side, max_aspect)
 
     def __call__(self, item: SourceItem) -> np.ndarray:
         try:
@@ -88,7 +106,7 @@ class ImageDecoder:
             raise ImageError(f"{item.path}: cannot read ({e.strerror or e})") from None
         if size > self.max_bytes:
             raise ImageError(f"{item.path}: {size} bytes exceeds --max-image-bytes={self.max_bytes}")
-        return preprocess(load_image(item.path, max_pixels=self.max_pixels), self.cfg)
+        return decode_pixels(item.path, self.cfg, self.limits)
 
 
 class Encoder(Protocol):

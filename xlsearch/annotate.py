@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from xlsearch.search import ImageUnavailable, InvalidArgument, SearchError, decode_image_bytes
 
@@ -106,9 +105,10 @@ class Annotator:
             return self._recommender
 
     # -- images -------------------------------------------------------------------------------------------------
-    def _load(self, ref: ImageRef) -> Image.Image:
-        """The query image, decoded with the engine's limits (bytes only: indexed images are never re-read)."""
-        return decode_image_bytes(ref.image_bytes, self.engine.limits, "image")
+    def _load(self, ref: ImageRef) -> np.ndarray:
+        """The query image's model input pixels, decoded with the engine's limits (bytes only: indexed images are
+        never re-read)."""
+        return decode_image_bytes(ref.image_bytes, self.bundle.preprocess_config, self.engine.limits, "image")
 
     def _encode(self, ref: ImageRef, timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
         """([1,D] index vector, [1,F] backbone feature) of the image. An indexed image's come from the index: a
@@ -120,9 +120,9 @@ class Annotator:
             emb, feat = self.engine.stored_image(ref.image_id)  # NotFound / ImageUnavailable
             timings["lookup"] = time.perf_counter() - t0
             return emb[None], feat[None]
-        image = self._load(ref)
+        pixels = self._load(ref)
         t1 = time.perf_counter()
-        emb, feat = self.bundle.encode_images_with_features([image])
+        emb, feat = self.bundle.encode_pixels_with_features(pixels[None])
         timings["decode_image"] = t1 - t0
         timings["encode_image"] = time.perf_counter() - t1
         return emb, feat

@@ -24,9 +24,10 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from xlsearch.atomic import save_npz_atomic
+from xlsearch.decode import decode_pixels
 from xlsearch.manifest import Manifest, read_manifest
 from xlsearch.onnx_runtime import make_session
-from xlsearch.preprocess import ImageError, PreprocessConfig, load_image, preprocess
+from xlsearch.preprocess import ImageError, PreprocessConfig
 
 __all__ = ["cache_key", "extract_features"]
 
@@ -136,7 +137,7 @@ def extract_features(
 
 
 def _decode(path: Path, cfg: PreprocessConfig) -> np.ndarray:
-    return preprocess(load_image(path), cfg)
+    return decode_pixels(path, cfg)  # the serving decode path and limits: offline and served features agree
 
 
 def _encode_chunk(

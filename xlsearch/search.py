@@ -22,7 +22,6 @@ lock, serialized by a save lock, after each change.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import threading
 import time
@@ -33,10 +32,17 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from PIL import Image
 
+from xlsearch.decode import decode_pixels
 from xlsearch.index import ImageIndex, ImageMeta
-from xlsearch.preprocess import DEFAULT_MAX_PIXELS, ImageError, load_image
+from xlsearch.preprocess import (
+    DEFAULT_MAX_ASPECT,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SIDE,
+    DecodeLimits,
+    ImageError,
+    PixelLimitError,
+)
 from xlsearch.tagging import confident_tags
 
 __all__ = [
@@ -81,11 +87,12 @@ class InvalidQuery(InvalidArgument):
 
 
 class InvalidImage(InvalidArgument):
-    """Image bytes that cannot be decoded."""
+    """Image bytes that cannot be decoded, or an empty image, a side above ``max_image_side`` or an aspect ratio
+    above ``max_image_aspect``."""
 
 
 class ImageTooLarge(InvalidImage):
-    """Image bytes or pixel count above the engine's limits."""
+    """Image bytes or pixel count above the engine's limits (a decompression bomb of any size)."""
 
     grpc_status = "RESOURCE_EXHAUSTED"
 
@@ -117,9 +124,15 @@ class Limits:
     max_top_k: int = 1000
     max_tags: int = 32
     max_image_bytes: int = 32 << 20
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # above: ImageTooLarge, checked from the header
+    max_image_side: int = DEFAULT_MAX_SIDE  # above: InvalidImage
+    max_image_aspect: float = DEFAULT_MAX_ASPECT  # longer side / shorter side above: InvalidImage
     max_caption_chars: int = 2048
     max_id_chars: int = 512
+
+    @property
+    def decode(self) -> DecodeLimits:
+        return DecodeLimits(self.max_image_pixels, self.max_image_side, self.max_image_aspect)
 
 
 @dataclass(frozen=True)
@@ -528,8 +541,7 @@ class SearchEngine:
         prepared = [self._prepare(start + n, item) for n, item in enumerate(items)]
         if not prepared:
             return PreparedImages([], np.zeros((0, self.index.dim), np.float32), [], None)
-        images = [p[1] for p in prepared]
-        vecs, feats, predicted = self._encode_new(images)
+        vecs, feats, predicted = self._encode_new(np.stack([p[1] for p in prepared]))
         captioned = [n for n, p in enumerate(prepared) if p[0].has_caption]
         cap_rows: list[np.ndarray | None] = [None] * len(prepared)
         if captioned:
@@ -561,22 +573,20 @@ class SearchEngine:
             self._persist()
         return [m.id for m in metas]
 
-    def _encode_new(
-        self, images: list[Image.Image]
-    ) -> tuple[np.ndarray, np.ndarray | None, list[tuple[str, ...]]]:
+    def _encode_new(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, list[tuple[str, ...]]]:
         """Index vectors, backbone features (stored so Tag/Caption by id never read a file; None when the bundle
         has no feature output) and, when the bundle has a tagger, each image's predicted Chinese tags (stored in
         the metadata so Search can filter on them, exactly as the indexer does)."""
         tagger = getattr(self.bundle, "tagger", None)
         with_features = bool(getattr(self.bundle, "has_features", False))
         vecs, feats, tags = [], [], []
-        for i in range(0, len(images), self.encode_batch):
-            batch = images[i : i + self.encode_batch]
+        for i in range(0, len(pixels), self.encode_batch):
+            batch = pixels[i : i + self.encode_batch]
             if not with_features:
-                vecs.append(self.bundle.encode_images(batch))
+                vecs.append(self.bundle.encode_pixels(batch))
                 tags.extend(() for _ in batch)
                 continue
-            emb, feat = self.bundle.encode_images_with_features(batch)
+            emb, feat = self.bundle.encode_pixels_with_features(batch)
             vecs.append(emb)
             feats.append(feat)
             if tagger is None:
@@ -585,10 +595,11 @@ class SearchEngine:
                 tags.extend(confident_tags(tagger.predict(feat), self.min_tag_score))
         return np.concatenate(vecs), (np.concatenate(feats) if feats else None), tags
 
-    def _prepare(self, n: int, item: NewImage) -> tuple[ImageMeta, Image.Image]:
+    def _prepare(self, n: int, item: NewImage) -> tuple[ImageMeta, np.ndarray]:
+        """Metadata and model input pixels ([3,S,S] or [10,3,S,S], a few hundred KB whatever the image)."""
         lim = self.limits
         data = item.image_bytes
-        image = decode_image_bytes(data, lim, f"item {n}")
+        image = decode_image_bytes(data, self.bundle.preprocess_config, lim, f"item {n}")
         image_id = (item.id or "").strip() or hashlib.sha256(data).hexdigest()
         if len(image_id) > lim.max_id_chars:
             raise InvalidArgument(f"item {n}: id longer than {lim.max_id_chars} characters")
@@ -661,23 +672,19 @@ class SearchEngine:
             }
 
 
-def decode_image_bytes(data: Any, limits: Limits, what: str = "image") -> Image.Image:
-    """Validated decode of untrusted bytes: size and pixel limits are checked before the full decode."""
+def decode_image_bytes(data: Any, cfg: Any, limits: Limits, what: str = "image") -> np.ndarray:
+    """Validated decode of untrusted bytes straight to the model input (``xlsearch.decode.decode_pixels``, with
+    ``cfg`` the bundle's PreprocessConfig): size, pixel, side and aspect limits are checked before decoding."""
     if not isinstance(data, bytes | bytearray | memoryview) or not len(data):
         raise InvalidImage(f"{what}: image_bytes must be non-empty bytes")
     if len(data) > limits.max_image_bytes:
         raise ImageTooLarge(f"{what}: {len(data)} bytes; the limit is {limits.max_image_bytes}")
     try:
-        with Image.open(io.BytesIO(data)) as im:  # header only: refuse huge images before decoding
-            w, h = im.size
-    except Exception as e:  # PIL raises many types for garbage input
-        raise InvalidImage(f"{what}: not a readable image ({type(e).__name__}: {e})") from None
-    if w * h > limits.max_image_pixels:
-        raise ImageTooLarge(f"{what}: {w}x{h} pixels; the limit is {limits.max_image_pixels}")
-    try:
-        return load_image(bytes(data), max_pixels=limits.max_image_pixels)
+        return decode_pixels(data, cfg, limits.decode, what)
+    except PixelLimitError as e:
+        raise ImageTooLarge(str(e)) from None
     except ImageError as e:
-        raise InvalidImage(f"{what}: {e}") from None
+        raise InvalidImage(str(e)) from None
 
 
 def _empty() -> tuple[np.ndarray, np.ndarray]:

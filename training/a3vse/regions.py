@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from xlsearch.decode import decode_pixels
 from xlsearch.manifest import Manifest
-from xlsearch.preprocess import ImageError, PreprocessConfig, load_image, preprocess
+from xlsearch.preprocess import ImageError, PreprocessConfig
 from xlsearch.training.backbones import BackboneConfig, EfficientNetLite0Backbone, build_backbone
 
 CACHE_FORMAT = 1
@@ -139,7 +140,7 @@ def _ids_hash(ids: Sequence[str]) -> str:
 
 def _decode(path: Path, cfg: PreprocessConfig) -> np.ndarray | str:
     try:
-        return preprocess(load_image(path), cfg)
+        return decode_pixels(path, cfg)
     except ImageError as e:
         return str(e)
 
