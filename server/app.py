@@ -6,7 +6,7 @@ in-flight ones finish within the grace period. Everything it owns (registry, cac
 here and passed down; nothing is global, so tests can run several servers in one process.
 
 Interceptors, outermost first: metrics (sees every status, refusals included), API keys (when configured),
-concurrency limits, protobuf decoding. Health and reflection pass the last three untouched.
+concurrency limits, protobuf decoding. Health and reflection skip the keys and the limits.
 """
 
 from __future__ import annotations

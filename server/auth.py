@@ -100,15 +100,14 @@ class ApiKeys:
         return len(self.entries)
 
     @classmethod
-    def parse(cls, text: str, source: str, *, lines: bool = True) -> ApiKeys:
-        """Entries from a key file (`lines`: one per line, `#` comments) or a comma/whitespace-separated list."""
+    def parse(cls, text: str, source: str) -> ApiKeys:
+        """Entries separated by newlines, commas or spaces; `#` comments out the rest of a line."""
         entries = []
-        rows = text.splitlines() if lines else [text]
-        for number, row in enumerate(rows, start=1):
+        for number, row in enumerate(text.splitlines(), start=1):
             for item in re.split(r"[\s,]+", row.split("#", 1)[0].strip()):
                 if not item:
                     continue
-                where = f"{source}:{number}" if lines else source
+                where = f"{source}:{number}"
                 m = _ENTRY.match(item)
                 if m is None:
                     # Never echo the entry: a pasted raw key must not end up in a log.
@@ -129,7 +128,7 @@ class ApiKeys:
                 raise KeyFileError(f"{path}: cannot read the API key file: {e}") from None
             entries += cls.parse(text, str(path)).entries
         if settings.api_keys:
-            entries += cls.parse(settings.api_keys, "api_keys setting", lines=False).entries
+            entries += cls.parse(settings.api_keys, "the api_keys setting").entries
         return cls(entries)
 
     def find(self, key: str) -> KeyEntry | None:
