@@ -125,6 +125,7 @@ class SearchServer:
         self._loaded = asyncio.Event()
         self._engine_loader = engine_loader
         self._runner = BlockingRunner(settings.worker_threads)
+        self._writes = BlockingRunner(settings.write_threads, settings.max_queued_writes, "xlsearch-write")
         self._in_flight = InFlightCalls()
         self.limits: LimitInterceptor | None = None
         self._server: grpc.aio.Server | None = None
@@ -159,7 +160,7 @@ class SearchServer:
             on_state_change=self._cache_state_changed,
         )
         await self.health.set(CACHE_HEALTH_NAME, SERVING if self._cache.up else NOT_SERVING)
-        self._service = SearchService(s, self.slot, self._cache, self._runner, self.metrics)
+        self._service = SearchService(s, self.slot, self._cache, self._runner, self.metrics, self._writes)
 
         interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(self.metrics, self._in_flight)]
         if keys:
@@ -274,6 +275,7 @@ class SearchServer:
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
         self._runner.shutdown()
+        self._writes.shutdown()
         if self._cache is not None:
             await self._cache.close()
         if self._metrics_endpoint is not None:

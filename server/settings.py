@@ -109,7 +109,19 @@ class ServerSettings(BaseSettings):
         1, gt=0, description="ONNX Runtime / e5 intra-op threads per query (None: all CPUs)"
     )
     worker_threads: int = Field(
-        2, gt=0, description="threads running searches and indexing next to the event loop"
+        2, gt=0, description="threads running searches, Tag, Caption and stats next to the event loop"
+    )
+    write_threads: int = Field(
+        1,
+        gt=0,
+        description="threads decoding, encoding and committing AddImages/DeleteImages (apart from searches, so "
+        "writes cannot starve them)",
+    )
+    max_queued_writes: int = Field(
+        8, gt=0, description="write tasks queued or running at once; more are refused with RESOURCE_EXHAUSTED"
+    )
+    add_idle_timeout_seconds: float = Field(
+        30.0, gt=0, description="an AddImages stream that sends nothing for this long is cancelled"
     )
     grace_seconds: float = Field(10.0, ge=0, description="on SIGTERM, how long in-flight calls may still run")
     log_level: str = Field("INFO")

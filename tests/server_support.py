@@ -121,7 +121,6 @@ class ServerThread:
             return grpc.insecure_channel(self.address, opts)
         return grpc.secure_channel(self.address, credentials, opts)
 
-
     def stop(self, grace: float = 1.0) -> None:
         try:
             self.call(self.server.stop, grace)
@@ -197,6 +196,8 @@ class ScriptedEngine:
     index: _Index = field(default_factory=_Index)
     ids: list[str] = field(default_factory=lambda: [f"img{i}" for i in range(20)])
     searches: int = 0
+    write_seconds: float = 0.0  # every AddImages batch sleeps this long (write-pool tests)
+    prepares: int = 0
 
     def search(
         self, query: str, top_k: int, mode: str, alpha: float | None = None, tags: Any = None
@@ -212,8 +213,14 @@ class ScriptedEngine:
         timings = dict.fromkeys(("tokenize", "encode", "search", "fuse", "metadata"), 0.001)
         return _Result(hits, timings, a, self.index.version)
 
-    def add_images(self, items: list[Any]) -> list[str]:
-        new = [it.id or f"gen{len(self.ids) + n}" for n, it in enumerate(items)]
+    def prepare(self, items: list[Any], start: int = 0) -> list[str]:
+        self.prepares += 1
+        if self.write_seconds:
+            time.sleep(self.write_seconds)
+        return [it.id or f"gen{len(self.ids) + start + n}" for n, it in enumerate(items)]
+
+    def commit(self, batches: list[list[str]]) -> list[str]:
+        new = [i for b in batches for i in b]
         self.ids.extend(new)
         self.index.version += 1
         return new
