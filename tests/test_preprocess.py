@@ -322,3 +322,14 @@ def test_decode_limits_are_checked_from_the_header() -> None:
     with pytest.raises(ImageError, match="cannot decode") as info:
         decode_pixels(b"\x89PNG\r\n\x1a\n definitely not a png", cfg)
     assert not isinstance(info.value, PixelLimitError)
+
+
+def test_only_safe_formats_are_opened() -> None:
+    """PIL would hand EPS to a Ghostscript subprocess and open PSD, FITS, ... from a client's bytes: refused."""
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    ppm = _encode(Image.new("RGB", (8, 8)), "PPM")
+    for data in (eps, ppm):
+        with pytest.raises(ImageError, match="accepted formats: PNG, JPEG, GIF, WEBP, TIFF, BMP"):
+            decode_pixels(data, PreprocessConfig())
+    loose = DecodeLimits(formats=(*P.SAFE_FORMATS, "PPM"))
+    assert decode_pixels(ppm, PreprocessConfig(), loose).shape == (3, 224, 224)

@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from xlsearch.preprocess import (
     FILTER_SUPPORT,
@@ -29,6 +29,7 @@ from xlsearch.preprocess import (
     LARGE_PIXELS,
     REDUCING_GAP,
     DecodeLimits,
+    ImageError,
     Pos,
     PreprocessConfig,
     Source,
@@ -62,13 +63,17 @@ def decode_pixels(
     limits = limits or DecodeLimits()
     what = what or _name(source)
     with _decode_errors(what):
-        im = Image.open(_file(source))
+        try:
+            im = Image.open(_file(source), formats=limits.formats)
+        except UnidentifiedImageError:
+            accepted = ", ".join(limits.formats)
+            raise ImageError(f"{what}: not a readable image (accepted formats: {accepted})") from None
     try:
         with _decode_errors(what):
             w, h = im.size
             check_size(w, h, limits, what)
             large = w * h > LARGE_PIXELS
-            draft = _draft(im, cfg) if large and im.format == "JPEG" else 1
+            draft = _draft(im, cfg) if large and im.format in ("JPEG", "MPO") else 1
             im.load()
             orientation = _orientation(im)
         with _convert_errors(what):

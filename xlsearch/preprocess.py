@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_MAX_ASPECT",
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MAX_SIDE",
+    "SAFE_FORMATS",
     "DecodeLimits",
     "ImageError",
     "PixelLimitError",
@@ -45,6 +46,9 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 89_478_485
 DEFAULT_MAX_SIDE = 32768  # longer than any camera's side; a 32:1 banner at this width is still 1024 px high
 DEFAULT_MAX_ASPECT = 32.0
+# Formats decode_pixels opens. PIL would also try EPS (through a Ghostscript subprocess), PSD, FITS, ... on bytes
+# from a client: only these are accepted (JPEG includes camera MPO files).
+SAFE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "TIFF", "BMP")
 LARGE_PIXELS = 1 << 22  # sources above this (~2048x2048) are drafted/reduced instead of resized in one step
 BOX_BUDGET = 4  # resized images up to BOX_BUDGET * resize_size^2 pixels are resized whole, then cropped
 REDUCING_GAP = 3.0
@@ -78,12 +82,13 @@ class PixelLimitError(ImageError):
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    """Checked from the header, before decoding: pixel count (PixelLimitError), longest side and aspect ratio
-    (ImageError)."""
+    """Checked from the header, before decoding: pixel count (PixelLimitError), longest side, aspect ratio and
+    format (ImageError)."""
 
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_side: int = DEFAULT_MAX_SIDE
     max_aspect: float = DEFAULT_MAX_ASPECT
+    formats: tuple[str, ...] = SAFE_FORMATS
 
 
 @dataclass
@@ -146,13 +151,13 @@ def check_size(w: int, h: int, limits: DecodeLimits, what: str = "image") -> Non
         raise PixelLimitError(
             f"{what}: {w}x{h} is {w * h} pixels, above max_pixels={limits.max_pixels} (decompression bomb guard)"
         )
-    if max(w, h) > limits.max_side:
-        raise ImageError(f"{what}: {w}x{h} has a side above {limits.max_side} px")
     if max(w, h) > limits.max_aspect * min(w, h):
         raise ImageError(
             f"{what}: {w}x{h} has an aspect ratio of {max(w, h) / min(w, h):.0f}:1; "
             f"the limit is {limits.max_aspect:g}:1"
         )
+    if max(w, h) > limits.max_side:
+        raise ImageError(f"{what}: {w}x{h} has a side above {limits.max_side} px")
 
 
 def load_image(
