@@ -30,6 +30,7 @@ from xlsearch.preprocess import (
     REDUCING_GAP,
     DecodeLimits,
     ImageError,
+    PixelLimitError,
     Pos,
     PreprocessConfig,
     Source,
@@ -68,6 +69,10 @@ def decode_pixels(
         except UnidentifiedImageError:
             accepted = ", ".join(limits.formats)
             raise ImageError(f"{what}: not a readable image (accepted formats: {accepted})") from None
+        except Image.DecompressionBombError as e:  # PIL's own check, at twice its warning threshold
+            raise PixelLimitError(
+                f"{what}: above max_pixels={limits.max_pixels} (decompression bomb guard; PIL: {e})"
+            ) from None
     try:
         with _decode_errors(what):
             w, h = im.size
