@@ -50,7 +50,7 @@ DEFAULT_MAX_ASPECT = 32.0
 # from a client: only these are accepted (JPEG includes camera MPO files).
 SAFE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "TIFF", "BMP")
 LARGE_PIXELS = 1 << 22  # sources above this (~2048x2048) are drafted/reduced instead of resized in one step
-BOX_BUDGET = 8  # resized images up to BOX_BUDGET * resize_size^2 pixels (8:1 at most) are resized whole, then cropped
+BOX_BUDGET = 8  # resized images up to 8 * resize_size^2 pixels (8:1) are resized whole, then cropped
 REDUCING_GAP = 3.0
 STRIP_PIXELS = 1 << 19  # mode conversion of large sources, this many pixels at a time
 CROPS = ("center", "oversample")
