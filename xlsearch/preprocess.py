@@ -79,6 +79,8 @@ class ImageError(ValueError):
 class PixelLimitError(ImageError):
     """More pixels than allowed: a decompression bomb (the server answers RESOURCE_EXHAUSTED)."""
 
+    grpc_status = "RESOURCE_EXHAUSTED"  # read by server/errors.py's classify, should one escape unwrapped
+
 
 @dataclass(frozen=True)
 class DecodeLimits:
