@@ -68,7 +68,9 @@ def decode_pixels(
             im = Image.open(_file(source), formats=limits.formats)
         except UnidentifiedImageError:
             accepted = ", ".join(limits.formats)
-            raise ImageError(f"{what}: not a readable image (accepted formats: {accepted})") from None
+            raise ImageError(
+                f"{what}: cannot decode image (corrupt, or not one of the accepted formats: {accepted})"
+            ) from None
         except Image.DecompressionBombError as e:  # PIL's own check, at twice its warning threshold
             raise PixelLimitError(
                 f"{what}: above max_pixels={limits.max_pixels} (decompression bomb guard; PIL: {e})"
