@@ -20,6 +20,8 @@ COPY xlsearch/ xlsearch/
 COPY server/ server/
 COPY indexer/ indexer/
 COPY training/ training/
+COPY bench/ bench/
+COPY cli/ cli/
 COPY clients/ clients/
 RUN python proto/build.py \
     && pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . ./clients
@@ -30,12 +32,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
     pip install /wheels/xlsearch-*.whl \
     && if pip show torch >/dev/null 2>&1; then echo "torch must not be installed in the indexer image" >&2; exit 1; fi \
-    && python -c "import xlsearch.indexer.cli"
+    && python -c "import xlsearch_indexer.cli"
 # Same uid as the server image, so both can write the shared /data volume.
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /srv/xlsearch xlsearch \
     && mkdir -p /models /images /data \
     && chown xlsearch:xlsearch /data
 USER xlsearch
 WORKDIR /srv/xlsearch
-ENTRYPOINT ["python", "-m", "xlsearch.indexer.cli"]
+ENTRYPOINT ["python", "-m", "xlsearch_indexer.cli"]
 CMD ["--help"]

@@ -21,6 +21,8 @@ COPY xlsearch/ xlsearch/
 COPY server/ server/
 COPY indexer/ indexer/
 COPY training/ training/
+COPY bench/ bench/
+COPY cli/ cli/
 COPY clients/ clients/
 RUN python proto/build.py \
     && pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . ./clients
@@ -31,7 +33,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
     pip install /wheels/*.whl \
     && if pip show torch >/dev/null 2>&1; then echo "torch must not be installed in the serving image" >&2; exit 1; fi \
-    && python -c "import xlsearch.server.app, xlsearch_client"
+    && python -c "import xlsearch_server.app, xlsearch_client"
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /srv/xlsearch xlsearch \
     && mkdir -p /models /data \
     && chown xlsearch:xlsearch /data
@@ -48,4 +50,4 @@ EXPOSE 50051 9464
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD xlsearch-client --target "127.0.0.1:${XLSEARCH_PORT}" --timeout 3 health || exit 1
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["python", "-m", "xlsearch.server.cli"]
+ENTRYPOINT ["python", "-m", "xlsearch_server.cli"]

@@ -96,8 +96,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
     if not TUXPAINT_STAMPS.is_dir():
         pytest.skip("tuxpaint-stamps-default is not installed (/usr/share/tuxpaint/stamps)")
     pytest.importorskip("torch")
-    from xlsearch.datasets.tuxpaint import convert_tuxpaint
-    from xlsearch.training.pipeline import main as pipeline_main
+    from xlsearch.data.datasets.tuxpaint import convert_tuxpaint
+    from xlsearch_training.pipeline import main as pipeline_main
 
     root = tmp_path_factory.mktemp("tiny")
     data, runs = root / "data", root / "runs"
@@ -129,7 +129,7 @@ def tiny_manifest(tiny_run: TinyRun) -> Path:
 @pytest.fixture(scope="session")
 def tiny_index(tiny_run: TinyRun, tiny_bundle: Path) -> Path:
     """An exact index of every tiny-manifest image, built by the real indexer CLI (tests copy it before writing)."""
-    from xlsearch.indexer.cli import main as index_main
+    from xlsearch_indexer.cli import main as index_main
 
     out = tiny_run.runs / "index"
     if not (out / "manifest.json").exists():
@@ -157,9 +157,9 @@ class TinyFeatures:
 def tiny_features(tiny_run: TinyRun) -> TinyFeatures:
     import json
 
-    from xlsearch.features import extract_features
-    from xlsearch.manifest import read_manifest
-    from xlsearch.preprocess import PreprocessConfig
+    from xlsearch.data.manifest import read_manifest
+    from xlsearch.encode.features import extract_features
+    from xlsearch.encode.preprocess import PreprocessConfig
 
     (spec_path,) = sorted((tiny_run.runs / "image_encoder").glob("*/spec.json"))
     spec = json.loads(spec_path.read_text())
@@ -178,13 +178,13 @@ def tiny_features(tiny_run: TinyRun) -> TinyFeatures:
 def tiny_annotated_bundle(tiny_run: TinyRun, tiny_bundle: Path, tiny_features: TinyFeatures) -> Path:
     """A copy of the tiny bundle with a tiny Cascading-MLP tagger (+ LQP) and a tiny Show-and-Tell captioner,
     trained on the tiny manifest by the real trainers and attached with `attach_component`."""
-    from xlsearch.bundle import Bundle
-    from xlsearch.components import attach_component
-    from xlsearch.manifest import read_manifest
-    from xlsearch.training.captioning.cli import train_captioner_component
-    from xlsearch.training.captioning.train import CaptionerConfig
-    from xlsearch.training.tagging.component import train_tagger_component
-    from xlsearch.training.tagging.train import TaggerConfig
+    from xlsearch.bundle.components import attach_component
+    from xlsearch.bundle.runtime import Bundle
+    from xlsearch.data.manifest import read_manifest
+    from xlsearch_training.captioning.cli import train_captioner_component
+    from xlsearch_training.captioning.train import CaptionerConfig
+    from xlsearch_training.tagging.component import train_tagger_component
+    from xlsearch_training.tagging.train import TaggerConfig
 
     out = tiny_run.runs / "annotated_bundle"
     if (out / "manifest.json").exists():
@@ -219,7 +219,7 @@ def tiny_annotated_bundle(tiny_run: TinyRun, tiny_bundle: Path, tiny_features: T
 @pytest.fixture(scope="session")
 def tiny_annotated_index(tiny_run: TinyRun, tiny_annotated_bundle: Path) -> Path:
     """The tiny manifest indexed with the annotated bundle (predicted tags stored in the metadata)."""
-    from xlsearch.indexer.cli import main as index_main
+    from xlsearch_indexer.cli import main as index_main
 
     out = tiny_run.runs / "annotated_index"
     if not (out / "manifest.json").exists():

@@ -18,8 +18,8 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
-from xlsearch.server.app import SearchServer
-from xlsearch.server.settings import ServerSettings
+from xlsearch_server.app import SearchServer
+from xlsearch_server.settings import ServerSettings
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -149,7 +149,7 @@ def test_settings(**overrides: Any) -> ServerSettings:
 test_settings.__test__ = False  # type: ignore[attr-defined] - not a test
 
 
-# -- a scripted engine (same Python API as xlsearch.search.SearchEngine) -----------------------------------------
+# -- a scripted engine (same Python API as xlsearch.search.engine.SearchEngine) -----------------------------------------
 
 
 @dataclass
@@ -275,7 +275,7 @@ class ServedPair:
 
 def stamp_pngs() -> list[tuple[Path, str]]:
     """(PNG, English description) of the installed Tux Paint stamps, in a stable order."""
-    from xlsearch.datasets.tuxpaint import parse_description
+    from xlsearch.data.datasets.tuxpaint import parse_description
 
     out = []
     for txt in sorted(TUXPAINT_STAMPS.rglob("*.txt")):
@@ -291,7 +291,7 @@ def build_stamp_index(bundle_dir: Path, out: Path, count: int = 60) -> list[Path
     stamp without a caption); returns spare PNGs that are not indexed (for AddImages)."""
     import json
 
-    from xlsearch.indexer.cli import main as index_main
+    from xlsearch_indexer.cli import main as index_main
 
     stamps = stamp_pngs()
     chosen, spare = stamps[:count], [png for png, _ in stamps[count : count + 8]]

@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from xlsearch.benchmark import image_to_text_ranks
-from xlsearch.bundle import Bundle, read_bundle_manifest
-from xlsearch.manifest import Record, read_manifest, write_manifest
-from xlsearch.onnx_runtime import make_session
-from xlsearch.training.a3vse.bundle_writer import export_a3vse_text_encoder, text_input_names
-from xlsearch.training.a3vse.losses import domain_loss, hardest_negative_triplet
-from xlsearch.training.a3vse.model import (
+from xlsearch.bundle.runtime import Bundle, read_bundle_manifest
+from xlsearch.data.manifest import Record, read_manifest, write_manifest
+from xlsearch.encode.onnx import make_session
+from xlsearch.eval.benchmark import image_to_text_ranks
+from xlsearch_training.a3vse.bundle_writer import export_a3vse_text_encoder, text_input_names
+from xlsearch_training.a3vse.losses import domain_loss, hardest_negative_triplet
+from xlsearch_training.a3vse.model import (
     A3VSEImageEncoder,
     A3VSEModelConfig,
     AttentiveEncoder,
@@ -28,8 +28,8 @@ from xlsearch.training.a3vse.model import (
     grad_reverse,
     grl_coefficient,
 )
-from xlsearch.training.a3vse.regions import RegionStore, build_region_extractor
-from xlsearch.training.a3vse.train import (
+from xlsearch_training.a3vse.regions import RegionStore, build_region_extractor
+from xlsearch_training.a3vse.train import (
     A3VSETrainConfig,
     Annotated,
     Queries,
@@ -37,7 +37,7 @@ from xlsearch.training.a3vse.train import (
     train_a3vse,
     train_text_into,
 )
-from xlsearch.training.export_image import FEATURE_NAME, OUTPUT_NAME, compare_with_onnx, export_image_encoder
+from xlsearch_training.export_image import FEATURE_NAME, OUTPUT_NAME, compare_with_onnx, export_image_encoder
 
 TINY = A3VSEModelConfig(region_dim=1280, hidden=16, heads=3, context_dim=8, word_dim=8, disc_hidden=8)
 
@@ -73,8 +73,8 @@ def test_text_encoder_ignores_whatever_follows_the_length():
 
 
 def test_word_embeddings_can_start_from_pretrained_vectors():
-    from xlsearch.text import Vocab
-    from xlsearch.training.a3vse.train import init_word_embeddings
+    from xlsearch.encode.text import Vocab
+    from xlsearch_training.a3vse.train import init_word_embeddings
 
     vocab = Vocab.build([["青蛙", "猫"], ["猫"]])
     enc = TextEncoder(TINY, vocab_size=len(vocab))
@@ -126,7 +126,7 @@ def test_hardest_negative_triplet_on_a_hand_made_batch():
 
 
 def test_info_nce_on_a_hand_made_batch():
-    from xlsearch.training.a3vse.losses import info_nce
+    from xlsearch_training.a3vse.losses import info_nce
 
     eye = torch.eye(3)
     e10 = torch.exp(torch.tensor(10.0))
@@ -141,7 +141,7 @@ def test_info_nce_on_a_hand_made_batch():
 
 
 def test_identical_pseudo_texts_are_not_each_others_negatives():
-    from xlsearch.training.a3vse.train import same_sequence
+    from xlsearch_training.a3vse.train import same_sequence
 
     same = same_sequence([["字母"], ["青蛙"], ["字母"]])
     assert same.tolist() == [[False, False, True], [False, False, False], [True, False, False]]
@@ -288,7 +288,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_experiment_cli_trains_benchmarks_and_resumes(synthetic, tmp_path):
-    from xlsearch.training.a3vse.cli import DEFAULT_CONFIG, main
+    from xlsearch_training.a3vse.cli import DEFAULT_CONFIG, main
 
     data, pool_src = synthetic
     config = json.loads(DEFAULT_CONFIG.read_text(encoding="utf-8"))
@@ -357,7 +357,7 @@ def test_experiment_cli_trains_benchmarks_and_resumes(synthetic, tmp_path):
 
 # -- in-domain tag concepts ---------------------------------------------------------------------------------------
 def test_tag_concepts_are_thresholded_deduplicated_and_sorted_by_confidence():
-    from xlsearch.training.a3vse.semantics import TagConceptConfig, rank_tag_concepts
+    from xlsearch_training.a3vse.semantics import TagConceptConfig, rank_tag_concepts
 
     pooled = np.array([[0.1, 0.9, 0.4, 0.05]])
     windows = np.array([[[0.6, 0.1, 0.2, 0.7], [0.55, 0.95, 0.0, 0.0]]])
@@ -375,8 +375,8 @@ def test_tag_concepts_are_thresholded_deduplicated_and_sorted_by_confidence():
 
 
 def test_tag_semantics_come_from_a_classifier_of_the_annotated_images_only(monkeypatch):
-    import xlsearch.training.tagging.train as tagging_train
-    from xlsearch.training.a3vse.semantics import TagConceptConfig, build_tag_semantics, region_windows
+    import xlsearch_training.tagging.train as tagging_train
+    from xlsearch_training.a3vse.semantics import TagConceptConfig, build_tag_semantics, region_windows
 
     seen: dict[str, object] = {}
     real_fit = tagging_train.fit_tagger

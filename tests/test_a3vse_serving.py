@@ -12,10 +12,10 @@ pytest.importorskip("torch")
 
 from server_support import ServerThread, test_settings  # noqa: E402
 
-from xlsearch.bundle import Bundle, read_bundle_manifest  # noqa: E402
-from xlsearch.datasets.tuxpaint import convert_tuxpaint  # noqa: E402
-from xlsearch.manifest import read_manifest  # noqa: E402
-from xlsearch.preprocess import load_image  # noqa: E402
+from xlsearch.bundle.runtime import Bundle, read_bundle_manifest  # noqa: E402
+from xlsearch.data.datasets.tuxpaint import convert_tuxpaint  # noqa: E402
+from xlsearch.data.manifest import read_manifest  # noqa: E402
+from xlsearch.encode.preprocess import load_image  # noqa: E402
 from xlsearch.v1 import search_pb2 as pb  # noqa: E402
 from xlsearch.v1 import search_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -23,10 +23,10 @@ from xlsearch.v1 import search_pb2_grpc as pb_grpc  # noqa: E402
 @pytest.fixture(scope="module")
 def a3vse_bundle(tuxpaint_subset, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(manifest folder, bundle folder): a one-epoch A3VSE on the session's real stamp subset."""
-    from xlsearch.text import tokenizer_for
-    from xlsearch.training.a3vse.bundle_writer import write_a3vse_bundle
-    from xlsearch.training.a3vse.regions import build_region_extractor, extract_regions
-    from xlsearch.training.a3vse.train import (
+    from xlsearch.encode.text import tokenizer_for
+    from xlsearch_training.a3vse.bundle_writer import write_a3vse_bundle
+    from xlsearch_training.a3vse.regions import build_region_extractor, extract_regions
+    from xlsearch_training.a3vse.train import (
         A3VSETrainConfig,
         Annotated,
         Queries,
@@ -74,7 +74,7 @@ def a3vse_bundle(tuxpaint_subset, tmp_path_factory: pytest.TempPathFactory) -> t
 
 
 def test_a3vse_bundle_indexes_and_serves_unchanged(a3vse_bundle, tmp_path):
-    from xlsearch.indexer.cli import main as index_main
+    from xlsearch_indexer.cli import main as index_main
 
     data, bundle_dir = a3vse_bundle
     manifest = read_bundle_manifest(bundle_dir)

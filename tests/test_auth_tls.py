@@ -26,15 +26,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from server_support import ScriptedEngine, ServerThread, test_settings
 
-from xlsearch.server import cli as server_cli
-from xlsearch.server.app import ServerStartError, load_keys, server_credentials
-from xlsearch.server.auth import ApiKeys, KeyFileError, hash_key, is_loopback
-from xlsearch.server.settings import ServerSettings
 from xlsearch.v1 import search_pb2 as pb
 from xlsearch.v1 import search_pb2_grpc as pb_grpc
 from xlsearch_client import AsyncClient, Client, XlsearchError
 from xlsearch_client.cli import build_parser as client_parser
 from xlsearch_client.cli import main as client_main
+from xlsearch_server import cli as server_cli
+from xlsearch_server.app import ServerStartError, load_keys, server_credentials
+from xlsearch_server.security import ApiKeys, KeyFileError, hash_key, is_loopback
+from xlsearch_server.settings import ServerSettings
 
 ADMIN_KEY = "admin-key-" + "a1" * 16
 SEARCH_KEY = "search-key-" + "b2" * 16
@@ -345,7 +345,7 @@ def test_non_loopback_needs_keys_or_insecure(tmp_path: Path, capsys):
 
 
 async def _start_only(settings) -> None:
-    from xlsearch.server.app import SearchServer
+    from xlsearch_server.app import SearchServer
 
     server = SearchServer(settings)
     try:

@@ -11,14 +11,14 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from xlsearch.onnx_runtime import make_session, run  # noqa: E402
-from xlsearch.preprocess import load_image, preprocess, preprocess_batch  # noqa: E402
-from xlsearch.training.backbones import (  # noqa: E402
+from xlsearch.encode.onnx import make_session, run  # noqa: E402
+from xlsearch.encode.preprocess import load_image, preprocess, preprocess_batch  # noqa: E402
+from xlsearch_training.backbones import (  # noqa: E402
     BackboneConfig,
     EfficientNetLite0Backbone,
     build_backbone,
 )
-from xlsearch.training.export_image import ImageEncoderHead, compare_with_onnx, export_image_encoder  # noqa: E402
+from xlsearch_training.export_image import ImageEncoderHead, compare_with_onnx, export_image_encoder  # noqa: E402
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 FROG, BEAR, OSTRICH = (

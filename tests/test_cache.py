@@ -12,7 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from server_support import REDIS_SERVER, RedisProcess, free_port
 
-from xlsearch.server.cache import (
+from xlsearch_server.metrics import ServerMetrics
+from xlsearch_server.service.cache import (
     IndexScope,
     MemoryBackend,
     RedisBackend,
@@ -21,8 +22,7 @@ from xlsearch.server.cache import (
     normalize_query,
     result_key,
 )
-from xlsearch.server.metrics import ServerMetrics
-from xlsearch.server.types import HitRecord, SearchAnswer, SearchQuery
+from xlsearch_server.types import HitRecord, SearchAnswer, SearchQuery
 
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 

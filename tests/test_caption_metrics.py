@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from xlsearch.caption_metrics import bleu, cider_d, rouge_l, score_captions, score_tokens, segment
+from xlsearch.eval.caption_metrics import bleu, cider_d, rouge_l, score_captions, score_tokens, segment
 
 
 def test_bleu_hand_checked() -> None:

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xlsearch.captioning import Captioner, CaptionInputError, beam_search
+from xlsearch.bundle.captioner import Captioner, CaptionInputError, beam_search
 
 torch = pytest.importorskip("torch")
 
-from xlsearch.training.captioning.vocab import (  # noqa: E402
+from xlsearch_training.captioning.vocab import (  # noqa: E402
     BOS_ID,
     EOS_ID,
     build_caption_vocab,
@@ -119,8 +119,8 @@ def test_beam_search_max_len_and_no_repeat() -> None:
 # -- the tiny Tux Paint run ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_split(tiny_run):
-    from xlsearch.manifest import read_manifest
-    from xlsearch.training.pipeline import ensure_backbone, image_vectors
+    from xlsearch.data.manifest import read_manifest
+    from xlsearch_training.pipeline import ensure_backbone, image_vectors
 
     backbone = ensure_backbone(tiny_run.runs, {"kind": "efficientnet_lite0"}, "center")
     split = read_manifest(tiny_run.runs / "splits" / "seed0")
@@ -133,9 +133,9 @@ def tiny_split(tiny_run):
 
 @pytest.mark.parametrize("strategy", ["monolingual", "tags"])
 def test_onnx_decoding_matches_pytorch(tiny_split, tmp_path: Path, strategy: str) -> None:
-    from xlsearch.training.captioning.cli import split_data
-    from xlsearch.training.captioning.export import write_captioner
-    from xlsearch.training.captioning.train import CaptionerConfig, decode, train_strategy
+    from xlsearch_training.captioning.cli import split_data
+    from xlsearch_training.captioning.export import write_captioner
+    from xlsearch_training.captioning.train import CaptionerConfig, decode, train_strategy
 
     torch.set_num_threads(1)
     split, features, input_feature = tiny_split
@@ -186,9 +186,9 @@ def test_onnx_decoding_matches_pytorch(tiny_split, tmp_path: Path, strategy: str
 
 
 def test_captioner_rejects_bad_input(tiny_split, tmp_path: Path) -> None:
-    from xlsearch.training.captioning.export import write_captioner
-    from xlsearch.training.captioning.model import ShowAndTell
-    from xlsearch.training.captioning.train import CaptionerConfig, Trained
+    from xlsearch_training.captioning.export import write_captioner
+    from xlsearch_training.captioning.model import ShowAndTell
+    from xlsearch_training.captioning.train import CaptionerConfig, Trained
 
     _, _, input_feature = tiny_split
     vocab = build_caption_vocab([["一只", "青蛙"]])
@@ -220,8 +220,8 @@ def test_captioner_rejects_bad_input(tiny_split, tmp_path: Path) -> None:
 
 
 def test_experiment_cli_end_to_end(tiny_run, tmp_path: Path) -> None:
-    from xlsearch.bundle import Bundle
-    from xlsearch.training.captioning.cli import main
+    from xlsearch.bundle.runtime import Bundle
+    from xlsearch_training.captioning.cli import main
 
     config = tmp_path / "captioning.json"
     config.write_text(json.dumps(TINY))
@@ -263,7 +263,7 @@ def test_experiment_cli_end_to_end(tiny_run, tmp_path: Path) -> None:
 
 def test_training_is_reproducible() -> None:
     """Same seed, same weights and history, whatever ran before (the initial weights are seeded too)."""
-    from xlsearch.training.captioning.train import CaptionerConfig, SplitData, train_strategy
+    from xlsearch_training.captioning.train import CaptionerConfig, SplitData, train_strategy
 
     rng = np.random.default_rng(0)
     sentences = ["一只青蛙。", "一只红色的鸟。", "字母Ａ。", "一辆消防车。", "一只猫。", "一朵花。"]

@@ -22,9 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("xlsearch_client") is None:  # not pip-installed: use the source checkout
     sys.path.insert(0, str(REPO / "clients"))
 
-from xlsearch.cli import main as xlsearch_main  # noqa: E402
 from xlsearch.v1 import search_pb2 as pb  # noqa: E402
 from xlsearch.v1 import search_pb2_grpc as pb_grpc  # noqa: E402
+from xlsearch_cli.main import main as xlsearch_main  # noqa: E402
 from xlsearch_client import (  # noqa: E402
     AsyncClient,
     CaptionResult,
@@ -363,7 +363,7 @@ def annotated(annotated_server: ServerThread) -> Iterator[Client]:
 @pytest.fixture(scope="module")
 def stamps(tiny_manifest: Path) -> list[tuple[str, Path]]:
     """(id, file) of indexed stamps small enough for the test server's image limit."""
-    from xlsearch.manifest import read_manifest
+    from xlsearch.data.manifest import read_manifest
 
     m = read_manifest(tiny_manifest)
     found = [(r.id, m.image_path(r)) for r in m.records if r.split == "test"]

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xlsearch.bundle import Bundle, read_bundle_manifest
-from xlsearch.components import ComponentError, attach_component, read_component, write_component
-from xlsearch.features import extract_features
-from xlsearch.manifest import read_manifest
-from xlsearch.preprocess import PreprocessConfig
+from xlsearch.bundle.components import ComponentError, attach_component, read_component, write_component
+from xlsearch.bundle.runtime import Bundle, read_bundle_manifest
+from xlsearch.data.manifest import read_manifest
+from xlsearch.encode.features import extract_features
+from xlsearch.encode.preprocess import PreprocessConfig
 
 
 def _backbone_spec(runs: Path) -> tuple[Path, dict]:

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from xlsearch.datasets import REPORT_NAME, DatasetError, MissingDependencyError
-from xlsearch.datasets.cli import main
-from xlsearch.datasets.cococn import convert_cococn
-from xlsearch.datasets.tuxpaint import _expand_entities, convert_tuxpaint, parse_description, render_svg
-from xlsearch.manifest import read_manifest
+from xlsearch.data.datasets.cli import main
+from xlsearch.data.datasets.cococn import convert_cococn
+from xlsearch.data.datasets.common import REPORT_NAME, DatasetError, MissingDependencyError
+from xlsearch.data.datasets.tuxpaint import _expand_entities, convert_tuxpaint, parse_description, render_svg
+from xlsearch.data.manifest import read_manifest
 
 # ---------------------------------------------------------------- COCO-CN
 

@@ -24,8 +24,8 @@ import pytest
 from PIL import Image
 from server_support import ServerThread, test_settings
 
-from xlsearch.preprocess import PreprocessConfig
-from xlsearch.search import ImageTooLarge, InvalidImage, Limits, decode_image_bytes
+from xlsearch.encode.preprocess import PreprocessConfig
+from xlsearch.search.engine import ImageTooLarge, InvalidImage, Limits, decode_image_bytes
 from xlsearch.v1 import search_pb2 as pb
 from xlsearch.v1 import search_pb2_grpc as pb_grpc
 
@@ -173,7 +173,7 @@ def test_add_images_refuses_absurd_images_and_adds_nothing(stub, stamp_bytes: by
 
 @pytest.fixture(scope="module")
 def stamp_bytes(tiny_manifest: Path) -> bytes:
-    from xlsearch.manifest import read_manifest
+    from xlsearch.data.manifest import read_manifest
 
     m = read_manifest(tiny_manifest)
     paths = sorted((m.image_path(r) for r in m.records), key=lambda p: p.stat().st_size)

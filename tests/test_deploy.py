@@ -20,7 +20,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from xlsearch.server.metrics import ServerMetrics
+from xlsearch_server.metrics import ServerMetrics
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -342,7 +342,7 @@ def test_wheel_stage_builds_a_light_client_and_the_serving_package(tmp_path: Pat
 
     with zipfile.ZipFile(server_wheel) as zf:
         names = set(zf.namelist())
-    assert {"xlsearch/v1/search_pb2.py", "xlsearch/server/cli.py", "xlsearch/indexer/cli.py"} <= names
+    assert {"xlsearch/v1/search_pb2.py", "xlsearch_server/cli.py", "xlsearch_indexer/cli.py"} <= names
     assert not any(re.match(r"(torch|torchvision|open.clip)\b", r) for r in _requires(server_wheel))
 
     with zipfile.ZipFile(client_wheel) as zf:

@@ -13,10 +13,10 @@ from PIL import Image
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 
-import xlsearch.features as features  # noqa: E402
-from xlsearch.features import cache_key, extract_features  # noqa: E402
-from xlsearch.manifest import read_manifest  # noqa: E402
-from xlsearch.preprocess import PreprocessConfig, load_image, preprocess  # noqa: E402
+import xlsearch.encode.features as features  # noqa: E402
+from xlsearch.data.manifest import read_manifest  # noqa: E402
+from xlsearch.encode.features import cache_key, extract_features  # noqa: E402
+from xlsearch.encode.preprocess import PreprocessConfig, load_image, preprocess  # noqa: E402
 
 CFG = PreprocessConfig(image_size=32, resize_size=40)
 

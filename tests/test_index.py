@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import xlsearch.index as index_mod
-from xlsearch.index import (
+import xlsearch.index.image_index as index_mod
+from xlsearch.index.image_index import (
     BundleKey,
     ImageIndex,
     ImageMeta,
@@ -264,7 +264,7 @@ def test_load_removes_temp_folders_of_a_killed_save(filled, tmp_path: Path, capl
     (stale / "images.faiss").write_bytes(b"\0" * 4096)
     other = tmp_path / ".other.tmp-1234"  # another index's temp folder is not ours to remove
     other.mkdir()
-    with caplog.at_level("WARNING", logger="xlsearch.index"):
+    with caplog.at_level("WARNING", logger="xlsearch.index.image_index"):
         assert ImageIndex.load(folder).count == 60
     assert not stale.exists() and other.exists()
     assert "interrupted save" in caplog.text and "4096 bytes" in caplog.text

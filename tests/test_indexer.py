@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xlsearch.bundle import Bundle
-from xlsearch.index import BundleKey, ImageIndex
-from xlsearch.indexer.cli import main
-from xlsearch.indexer.job import BundleEncoder, Checkpoint, ImageDecoder, IndexWriter, run_job
-from xlsearch.indexer.sources import Source, SourceItem, folder_source, manifest_source, read_captions
-from xlsearch.manifest import Manifest, read_manifest
-from xlsearch.preprocess import load_image
+from xlsearch.bundle.runtime import Bundle
+from xlsearch.data.manifest import Manifest, read_manifest
+from xlsearch.encode.preprocess import load_image
+from xlsearch.index.image_index import BundleKey, ImageIndex
+from xlsearch_indexer.cli import main
+from xlsearch_indexer.job import BundleEncoder, Checkpoint, ImageDecoder, IndexWriter, run_job
+from xlsearch_indexer.sources import Source, SourceItem, folder_source, manifest_source, read_captions
 
 N = 8
 
@@ -204,7 +204,7 @@ def test_cli_usage_errors(bundle: Bundle, images_dir: Path, tmp_path: Path) -> N
 
 def test_serving_modules_do_not_import_torch() -> None:
     code = (
-        "import sys, xlsearch.index, xlsearch.search, xlsearch.indexer.cli, xlsearch.indexer.job;"
+        "import sys, xlsearch.index.image_index, xlsearch.search.engine, xlsearch_indexer.cli, xlsearch_indexer.job;"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

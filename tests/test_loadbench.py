@@ -1,4 +1,4 @@
-"""Smoke tests of the load/scale benchmark command (`xlsearch.loadbench`): tiny sizes, no timing assertions."""
+"""Smoke tests of the load/scale benchmark command (`xlsearch_bench.loadbench`): tiny sizes, no timing assertions."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from server_support import ScriptedEngine, ServerThread, test_settings
 
-from xlsearch import loadbench as lb
+from xlsearch_bench import loadbench as lb
 
 QUERIES = [
     "一只猫",
@@ -121,7 +121,7 @@ def tiny_pair(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> tu
     """(bundle, index folder): the session's tiny bundle and an index of 40 random unit vectors made for it, so
     neither this process nor the fixture runs an encoder (the commands under test run them in their own
     processes)."""
-    from xlsearch.index import BundleKey, ImageIndex, ImageMeta
+    from xlsearch.index.image_index import BundleKey, ImageIndex, ImageMeta
 
     bundle = Path(tiny_bundle)
     m = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
@@ -174,7 +174,7 @@ def test_grpc_starts_a_real_server(tiny_pair: tuple[Path, Path], tmp_path: Path,
 
 
 def test_scale_tiny(tiny_pair: tuple[Path, Path], tmp_path: Path, queries_file: Path) -> None:
-    """`python -m xlsearch.loadbench scale` in its own process (one thread per library, as recommended)."""
+    """`python -m xlsearch_bench.loadbench scale` in its own process (one thread per library, as recommended)."""
     bundle, index = tiny_pair
     out = tmp_path / "scale.json"
     argv = [
@@ -246,12 +246,12 @@ def test_scale_tiny(tiny_pair: tuple[Path, Path], tmp_path: Path, queries_file: 
 
 
 def _scale(argv: list[str], out: Path) -> dict:
-    """Run `python -m xlsearch.loadbench scale` in its own process; returns the JSON it wrote."""
+    """Run `python -m xlsearch_bench.loadbench scale` in its own process; returns the JSON it wrote."""
     argv = list(argv)
     argv[argv.index("--out") + 1] = str(out)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "xlsearch.loadbench", *argv],
+        [sys.executable, "-m", "xlsearch_bench.loadbench", *argv],
         env=env,
         capture_output=True,
         text=True,

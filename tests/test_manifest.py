@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from xlsearch.datasets.cli import main
-from xlsearch.manifest import (
+from xlsearch.data.datasets.cli import main
+from xlsearch.data.manifest import (
     MANIFEST_NAME,
     ManifestError,
     Record,

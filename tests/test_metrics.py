@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from xlsearch.fusion import choose_alpha, fuse
-from xlsearch.metrics import expected_ranks, mean_std, retrieval_metrics, summarize_ranks
+from xlsearch.eval.fusion import choose_alpha, fuse
+from xlsearch.eval.metrics import expected_ranks, mean_std, retrieval_metrics, summarize_ranks
 
 
 def test_ranks_without_ties():

@@ -11,9 +11,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from server_support import ScriptedEngine, ServerThread, test_settings
 
-from xlsearch.server.metrics import STAGES, MetricsEndpoint, ServerMetrics
 from xlsearch.v1 import search_pb2 as pb
 from xlsearch.v1 import search_pb2_grpc as pb_grpc
+from xlsearch_server.metrics import STAGES, MetricsEndpoint, ServerMetrics
 
 
 def scrape(port: int) -> dict[str, list]:

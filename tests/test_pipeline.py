@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xlsearch.bundle import Bundle, BundleError, read_bundle_manifest
-from xlsearch.manifest import read_manifest
-from xlsearch.preprocess import load_image
+from xlsearch.bundle.runtime import Bundle, BundleError, read_bundle_manifest
+from xlsearch.data.manifest import read_manifest
+from xlsearch.encode.preprocess import load_image
 
 
 def test_pipeline_writes_bundle_results_and_table(tiny_run):
@@ -70,7 +70,7 @@ def test_benchmark_cli_matches_pipeline(tiny_run, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "xlsearch.cli",
+        "xlsearch_cli.main",
         "benchmark",
         "--manifest",
         str(tiny_run.runs / "splits/seed0"),
@@ -92,8 +92,8 @@ def test_benchmark_cli_matches_pipeline(tiny_run, tmp_path):
 
 def test_serving_side_never_imports_torch():
     code = (
-        "import sys; import xlsearch.cli, xlsearch.server.cli, xlsearch.server.app, xlsearch.indexer.cli, "
-        "xlsearch.bundle, xlsearch.search, xlsearch.benchmark, xlsearch.features; "
+        "import sys; import xlsearch_cli.main, xlsearch_server.cli, xlsearch_server.app, xlsearch_indexer.cli, "
+        "xlsearch.bundle.runtime, xlsearch.search.engine, xlsearch.eval.benchmark, xlsearch.encode.features; "
         "bad = [m for m in ('torch', 'torchvision', 'open_clip') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xlsearch import preprocess as P
-from xlsearch.decode import decode_pixels
-from xlsearch.preprocess import (
+from xlsearch.encode import preprocess as P
+from xlsearch.encode.decode import decode_pixels
+from xlsearch.encode.preprocess import (
     CROPS,
     IMAGENET_STD,
     INTERPOLATIONS,
@@ -66,7 +66,7 @@ def stamps() -> list[Image.Image]:
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_numpy_matches_torchvision(stamps: list[Image.Image], name: str, crop: str) -> None:
     pytest.importorskip("torchvision")
-    from xlsearch.training.backbones import torchvision_transform
+    from xlsearch_training.backbones import torchvision_transform
 
     cfg = replace(CONFIGS[name], crop=crop)
     tf = torchvision_transform(cfg)
@@ -156,13 +156,13 @@ def test_preprocess_batch_shapes() -> None:
 
 def test_serving_modules_do_not_import_torch() -> None:
     code = (
-        "import sys, xlsearch.preprocess, xlsearch.decode, xlsearch.onnx_runtime, xlsearch.features; "
+        "import sys, xlsearch.encode.preprocess, xlsearch.encode.decode, xlsearch.encode.onnx, xlsearch.encode.features; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-# -- the bounded decode path (xlsearch.decode.decode_pixels, issue 10) ---------------------------------------------
+# -- the bounded decode path (xlsearch.encode.decode.decode_pixels, issue 10) ---------------------------------------------
 BOUNDED_SIZES = [(3, 300), (300, 3), (40, 900), (900, 40), (7, 100), (1, 32)]
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xlsearch.bundle import Bundle
-from xlsearch.manifest import read_manifest
-from xlsearch.preprocess import load_image
-from xlsearch.recommend import RecommendInputError, SentenceRecommender
+from xlsearch.bundle.runtime import Bundle
+from xlsearch.data.manifest import read_manifest
+from xlsearch.encode.preprocess import load_image
+from xlsearch.search.recommend import RecommendInputError, SentenceRecommender
 
 
 @pytest.fixture(scope="module")

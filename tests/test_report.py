@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xlsearch.report import detail_table
+from xlsearch.eval.report import detail_table
 
 
 def _run(seed: int, **rows: float) -> dict:

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xlsearch.bundle import Bundle
-from xlsearch.index import ImageIndex, ImageMeta
-from xlsearch.manifest import Manifest, Record, read_manifest
-from xlsearch.preprocess import load_image
-from xlsearch.search import (
+from xlsearch.bundle.runtime import Bundle
+from xlsearch.data.manifest import Manifest, Record, read_manifest
+from xlsearch.encode.preprocess import load_image
+from xlsearch.index.image_index import ImageIndex, ImageMeta
+from xlsearch.search.engine import (
     ImageTooLarge,
     InvalidArgument,
     InvalidImage,
@@ -23,9 +23,9 @@ from xlsearch.search import (
     NewImage,
     NotFound,
     SearchEngine,
-    SearchError,
     SearchResult,
 )
+from xlsearch.errors import Code
 
 MAX_IMAGES = 150  # the test split + some others: enough to make depth matter, small enough to stay fast
 K = 10
@@ -215,8 +215,8 @@ def test_validation_errors(coll: Collection) -> None:
         engine.search_vectors(coll.qvecs[0][0], None, 5, "CLM")
     with pytest.raises(NotFound):
         engine.get("no-such-image")
-    assert issubclass(InvalidQuery, SearchError) and InvalidQuery.grpc_status == "INVALID_ARGUMENT"
-    assert NotFound.grpc_status == "NOT_FOUND" and ImageTooLarge.grpc_status == "RESOURCE_EXHAUSTED"
+    assert issubclass(InvalidQuery, InvalidArgument) and InvalidQuery.code is Code.INVALID_ARGUMENT
+    assert NotFound.code is Code.NOT_FOUND and ImageTooLarge.code is Code.RESOURCE_EXHAUSTED
     assert engine.search("猫", 5, "clm").hits  # mode is case-insensitive; 20 chars is still fine
     assert engine.search("长" * 20, 5).hits
 

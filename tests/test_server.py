@@ -20,10 +20,10 @@ from server_support import (
     test_settings,
 )
 
-from xlsearch.server.loading import load_engine
-from xlsearch.server.settings import ServerSettings
 from xlsearch.v1 import search_pb2 as pb
 from xlsearch.v1 import search_pb2_grpc as pb_grpc
+from xlsearch_server.service.loading import load_engine
+from xlsearch_server.settings import ServerSettings
 
 SERVICE = "xlsearch.v1.ImageSearch"
 QUERY = "一只猫"
@@ -204,7 +204,7 @@ def test_repeated_query_hits_the_cache_and_add_images_invalidates_it(
 
 
 def test_add_images_is_persisted(stub: pb_grpc.ImageSearchStub, server: ServerThread, pair: ServedPair):
-    from xlsearch.index import ImageIndex
+    from xlsearch.index.image_index import ImageIndex
 
     png = pair.spare_images[2]
     added = stub.AddImages(

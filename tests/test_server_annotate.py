@@ -10,9 +10,9 @@ import grpc
 import pytest
 from server_support import ServerThread, test_settings
 
-from xlsearch.bundle import Bundle
-from xlsearch.index import ImageIndex
-from xlsearch.manifest import read_manifest
+from xlsearch.bundle.runtime import Bundle
+from xlsearch.data.manifest import read_manifest
+from xlsearch.index.image_index import ImageIndex
 from xlsearch.v1 import search_pb2 as pb
 from xlsearch.v1 import search_pb2_grpc as pb_grpc
 
@@ -181,8 +181,8 @@ def test_added_images_get_predicted_tags(stub, stamps):
 
 
 def test_only_confident_predicted_tags_are_stored():
-    from xlsearch.indexer.job import confident_tags
-    from xlsearch.tagging import TagScore
+    from xlsearch.bundle.tagger import TagScore
+    from xlsearch_indexer.job import confident_tags
 
     predicted = [
         [TagScore("企鹅", 0.97, "penguin"), TagScore("鸟", 0.31, "bird"), TagScore("英国", 0.06, "uk")],
@@ -193,7 +193,7 @@ def test_only_confident_predicted_tags_are_stored():
 
 
 def test_annotate_latency_benchmark_runs_every_call(served, stamps):
-    from xlsearch.annotate_bench import run
+    from xlsearch_bench.annotate import run
 
     result = run(served.address, [p.read_bytes() for _, p in stamps[:2]], repeat=1, timeout=60)
     rows = {k: v for k, v in result.items() if isinstance(v, dict) and "p50" in v}

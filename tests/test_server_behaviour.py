@@ -14,10 +14,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_support import ScriptedEngine, ServerThread, test_settings
 
-from xlsearch.server.errors import classify
-from xlsearch.server.settings import ServerSettings
 from xlsearch.v1 import search_pb2 as pb
 from xlsearch.v1 import search_pb2_grpc as pb_grpc
+from xlsearch_server.grpc_api.errors import classify
+from xlsearch_server.settings import ServerSettings
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -116,7 +116,7 @@ def test_unexpected_errors_are_internal_and_the_server_keeps_answering():
 
 
 def test_failed_load_answers_unavailable_with_the_reason():
-    from xlsearch.index import IndexMismatchError
+    from xlsearch.index.image_index import IndexMismatchError
 
     st = ServerThread(
         test_settings(),
@@ -164,7 +164,7 @@ def test_message_size_limit_is_enforced_by_grpc():
     ],
 )
 def test_engine_errors_map_to_status_codes(name: str, code: grpc.StatusCode):
-    import xlsearch.search as search
+    import xlsearch.search.engine as search
 
     exc = getattr(search, name)("message for the client")
     got, message, kind = classify(exc)
@@ -172,17 +172,20 @@ def test_engine_errors_map_to_status_codes(name: str, code: grpc.StatusCode):
     assert message == "message for the client"
 
 
-def test_library_errors_map_by_class_name():
+def test_errors_map_by_code_and_nothing_else():
+    """One table: an error of the xlsearch family maps by its code; anything else (a library error that escaped
+    its layer, a bug) is INTERNAL with a generic message — never matched by class name."""
     from PIL import UnidentifiedImageError
 
-    from xlsearch.index import IndexMismatchError
-    from xlsearch.preprocess import ImageError
+    from xlsearch.encode.preprocess import ImageError, PixelLimitError
+    from xlsearch.index.image_index import IndexMismatchError
 
     assert classify(ImageError("corrupt"))[0] == grpc.StatusCode.INVALID_ARGUMENT
-    assert classify(UnidentifiedImageError("?"))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert classify(PixelLimitError("bomb"))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert classify(IndexMismatchError("x"))[0] == grpc.StatusCode.FAILED_PRECONDITION
-    code, message, _ = classify(KeyError("secret detail"))
-    assert code == grpc.StatusCode.INTERNAL and "secret" not in message
+    for escaped in (UnidentifiedImageError("/srv/secret.png"), KeyError("secret detail")):
+        code, message, _ = classify(escaped)
+        assert code == grpc.StatusCode.INTERNAL and "secret" not in message
 
 
 # -- writes run apart from searches (issue 10, defect 5) ----------------------------------------------------------

@@ -79,7 +79,7 @@ def wait_serving(address: str, timeout: float = 60) -> None:
 SCRIPTED_SERVER = """
 import asyncio, sys
 from server_support import ScriptedEngine
-from xlsearch.server.cli import configure_logging, parse_settings, serve
+from xlsearch_server.cli import configure_logging, parse_settings, serve
 settings = parse_settings(sys.argv[1:])
 configure_logging(settings)
 sys.exit(asyncio.run(serve(settings, engine_loader=lambda s: ScriptedEngine(search_seconds=1.0))))
@@ -117,7 +117,7 @@ def test_xlsearch_serve_with_a_real_bundle_serves_then_exits_on_sigterm(pair: Se
     server = ServerProcess(
         [
             "-m",
-            "xlsearch.server.cli",
+            "xlsearch_server.cli",
             "--bundle",
             str(pair.bundle),
             "--index",
@@ -154,7 +154,7 @@ def fake_pair(tmp_path: Path, index_bundle_hash: str) -> tuple[Path, Path]:
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("XLSEARCH_")}
     return subprocess.run(
-        [sys.executable, "-m", "xlsearch.server.cli", *args],
+        [sys.executable, "-m", "xlsearch_server.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -185,7 +185,7 @@ def test_bad_settings_exit_2_with_a_message(args: list[str], message: str):
 
 
 def test_settings_precedence_flags_over_env_over_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from xlsearch.server.cli import parse_settings
+    from xlsearch_server.cli import parse_settings
 
     config = tmp_path / "serve.toml"
     config.write_text(
@@ -208,8 +208,8 @@ def test_settings_precedence_flags_over_env_over_config_file(tmp_path: Path, mon
 def test_serving_entry_points_do_not_import_torch():
     code = (
         "import sys\n"
-        "import xlsearch.server.cli, xlsearch.server.app, xlsearch.server.loading\n"
-        "import xlsearch.search, xlsearch.index, xlsearch.bundle\n"
+        "import xlsearch_server.cli, xlsearch_server.app, xlsearch_server.service.loading\n"
+        "import xlsearch.search.engine, xlsearch.index.image_index, xlsearch.bundle.runtime\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

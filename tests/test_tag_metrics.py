@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xlsearch.tag_metrics import evaluate_tagging, lqp_counts, lqp_metrics, mean_average_precision, top_k_mask
+from xlsearch.eval.tag_metrics import (
+    evaluate_tagging,
+    lqp_counts,
+    lqp_metrics,
+    mean_average_precision,
+    top_k_mask,
+)
 
 SCORES = np.array(
     [

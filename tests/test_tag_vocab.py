@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xlsearch.manifest import read_manifest
-from xlsearch.tag_vocab import (
+from xlsearch.data.manifest import read_manifest
+from xlsearch.data.tag_vocab import (
     ChineseTagExtractor,
     TagVocabConfig,
     TagVocabulary,

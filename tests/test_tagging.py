@@ -12,12 +12,12 @@ import pytest
 
 pytest.importorskip("torch")
 
-from xlsearch.components import read_component  # noqa: E402
-from xlsearch.manifest import Manifest, Record  # noqa: E402
-from xlsearch.tag_vocab import extract_image_tags  # noqa: E402
-from xlsearch.tagging import Tagger, TagInputError, TagScore, UnknownTagError  # noqa: E402
-from xlsearch.training.tagging.component import train_tagger_component  # noqa: E402
-from xlsearch.training.tagging.train import TaggerConfig, evaluate_modes, fit_tagger, tag_data  # noqa: E402
+from xlsearch.bundle.components import read_component  # noqa: E402
+from xlsearch.bundle.tagger import Tagger, TagInputError, TagScore, UnknownTagError  # noqa: E402
+from xlsearch.data.manifest import Manifest, Record  # noqa: E402
+from xlsearch.data.tag_vocab import extract_image_tags  # noqa: E402
+from xlsearch_training.tagging.component import train_tagger_component  # noqa: E402
+from xlsearch_training.tagging.train import TaggerConfig, evaluate_modes, fit_tagger, tag_data  # noqa: E402
 
 DIM = 24
 TAGS = [("狗", "dog"), ("猫", "cat"), ("鸟", "bird"), ("树", "tree"), ("船", "boat")]
@@ -109,7 +109,7 @@ def test_component_files_and_onnx_parity(component: Path, data) -> None:
 
 
 def test_onnx_matches_pytorch_at_any_batch(data, tmp_path: Path) -> None:
-    from xlsearch.training.tagging.component import export_tagger, onnx_parity
+    from xlsearch_training.tagging.component import export_tagger, onnx_parity
 
     manifest, features = data
     cfg = TaggerConfig.from_dict(
@@ -204,7 +204,7 @@ def test_config_validation() -> None:
 
 
 def test_experiment_cli_on_tiny_tuxpaint(tiny_run, tmp_path: Path) -> None:
-    from xlsearch.training.tagging.cli import main
+    from xlsearch_training.tagging.cli import main
 
     config = {
         "backbone": {"kind": "efficientnet_lite0"},
@@ -238,7 +238,7 @@ def test_experiment_cli_on_tiny_tuxpaint(tiny_run, tmp_path: Path) -> None:
     stamp = done.stat().st_mtime_ns
     assert main(argv[:-2]) == 0  # resumed: nothing retrained
     assert done.stat().st_mtime_ns == stamp
-    from xlsearch.bundle import read_bundle_manifest
+    from xlsearch.bundle.runtime import read_bundle_manifest
 
     manifest = read_bundle_manifest(bundle)
     assert manifest["tagger"]["model"] == "cascade" and (bundle / "tagger" / "tagger.onnx").is_file()

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from xlsearch.sentence import E5SentenceEncoder, SentenceEncoder, build_sentence_encoder, cached_encode
-from xlsearch.text import (
+from xlsearch.encode.sentence import E5SentenceEncoder, SentenceEncoder, build_sentence_encoder, cached_encode
+from xlsearch.encode.text import (
     PAD_ID,
     UNK_ID,
     ChineseTokenizer,
@@ -119,7 +119,7 @@ def test_encode_batch_padding_and_empty() -> None:
 
 
 def test_text_modules_do_not_import_torch() -> None:
-    code = "import sys, xlsearch.text, xlsearch.sentence; assert 'torch' not in sys.modules"
+    code = "import sys, xlsearch.encode.text, xlsearch.encode.sentence; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -1,0 +1,123 @@
+"""Loading one bundle + one index into a SearchEngine, and checking that the two belong together.
+
+`check_pair` reads only the two `manifest.json` files, so `xlsearch serve` refuses a mismatched pair before it
+binds a port; the full load (hash verification, ONNX sessions, FAISS) runs in the background afterwards.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xlsearch.errors import Unavailable
+from xlsearch_server.settings import ServerSettings
+
+INDEX_MANIFEST = "manifest.json"
+
+
+class NotReady(Unavailable):
+    """The bundle and index are still loading (or failed to load)."""
+
+
+class PairError(ValueError):
+    """The bundle or index folder is missing, unreadable, or the two do not match. The server exits."""
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PairError(f"{path.parent}: not a {what} folder (no {path.name})") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise PairError(f"{path}: unreadable {what} manifest: {e}") from None
+    if not isinstance(data, dict):
+        raise PairError(f"{path}: {what} manifest is not a JSON object")
+    return data
+
+
+def manifest_hash(folder: Path) -> str:
+    """A short identity for an index folder's current state (its manifest's content)."""
+    return hashlib.sha256((folder / INDEX_MANIFEST).read_bytes()).hexdigest()
+
+
+def check_pair(bundle: Path | None, index: Path | None) -> None:
+    """Raise PairError unless `index` was built with `bundle` (same content hash and dimension)."""
+    if bundle is None or index is None:
+        raise PairError(
+            "both a bundle (--bundle / XLSEARCH_BUNDLE) and an index (--index / XLSEARCH_INDEX) are needed"
+        )
+    b = _read_json(Path(bundle) / "manifest.json", "bundle")
+    i = _read_json(Path(index) / INDEX_MANIFEST, "index")
+    b_hash, i_hash = b.get("content_hash"), i.get("bundle_hash")
+    if not b_hash or b_hash != i_hash:
+        raise PairError(
+            f"index {index} was built with bundle {str(i_hash)[:12]}, but bundle {bundle} is {str(b_hash)[:12]}: "
+            "rebuild the index with this bundle (`xlsearch index`) or serve the bundle it was built with"
+        )
+    if "dim" in i and "dim" in b and int(i["dim"]) != int(b["dim"]):
+        raise PairError(f"index {index} has dimension {i['dim']}, bundle {bundle} has {b['dim']}")
+
+
+def load_engine(settings: ServerSettings) -> Any:
+    """Bundle + ImageIndex -> SearchEngine (blocking; seconds). Raises on a mismatched or broken pair."""
+    import faiss
+
+    from xlsearch.bundle.runtime import Bundle
+    from xlsearch.index.image_index import ImageIndex
+    from xlsearch.search.annotate import AnnotateLimits
+    from xlsearch.search.engine import Limits, SearchEngine
+
+    check_pair(settings.bundle, settings.index)
+    # A single-query search gains nothing from OpenMP; its spinning threads only slow the encoders down.
+    faiss.omp_set_num_threads(1)
+    bundle = Bundle(settings.bundle, intra_op_threads=settings.onnx_threads)
+    index = ImageIndex.load(settings.index, bundle)
+    limits = Limits(
+        max_query_chars=settings.max_query_chars,
+        max_top_k=settings.max_top_k,
+        max_image_bytes=settings.max_image_bytes,
+    )
+    annotate = AnnotateLimits(
+        max_tag_k=settings.max_tag_k,
+        max_n_best=settings.max_n_best,
+        beam_size=settings.caption_beam_size,
+        recommend_k=settings.recommend_k,
+    )
+    engine = SearchEngine(
+        bundle, index, limits=limits, annotate_limits=annotate, min_tag_score=settings.min_tag_score
+    )
+    if callable(getattr(engine, "warmup", None)):
+        engine.warmup()  # lazy encoders load now, so health turns SERVING only when the first search is fast
+    return engine
+
+
+class LoadState(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass
+class EngineSlot:
+    """The engine once loaded; `require()` is how every RPC gets it (UNAVAILABLE until then)."""
+
+    state: LoadState = LoadState.LOADING
+    engine: Any = None
+    error: str = ""
+
+    def require(self) -> Any:
+        if self.state is LoadState.READY:
+            return self.engine
+        if self.state is LoadState.FAILED:
+            raise NotReady(f"the bundle/index failed to load: {self.error}")
+        raise NotReady("the server is still loading its bundle and index; retry shortly")
+
+    def ready(self, engine: Any) -> None:
+        self.engine, self.state = engine, LoadState.READY
+
+    def failed(self, error: str) -> None:
+        self.error, self.state = error, LoadState.FAILED

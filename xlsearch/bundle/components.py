@@ -1,0 +1,83 @@
+"""Optional bundle components (the tagger, the captioner): folders of ONNX files + vocabularies + `component.json`.
+
+Training writes a component folder with `write_component`; `attach_component` copies it into a bundle as
+`<bundle>/<kind>/`, records its spec under `manifest[<kind>]` and re-hashes the bundle. A component reads the
+bundle image encoder's `feature` output, so attaching checks that it was trained on the same backbone features.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from xlsearch.bundle.runtime import BundleError, read_bundle_manifest, update_bundle_manifest
+from xlsearch.common.atomic import write_text_atomic
+
+COMPONENT_SPEC = "component.json"
+KINDS = ("tagger", "captioner")
+
+
+class ComponentError(BundleError):
+    """A component folder that is malformed or does not fit the bundle it is attached to."""
+
+
+def write_component(folder: str | Path, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Write `component.json` into `folder` (which already holds the component's files)."""
+    folder = Path(folder)
+    if kind not in KINDS:
+        raise ComponentError(f"unknown component kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if "input_feature" not in spec:
+        raise ComponentError(f"{folder}: a {kind} spec needs 'input_feature' (dim, backbone, preprocess)")
+    out = {**spec, "kind": kind}
+    write_text_atomic(folder / COMPONENT_SPEC, json.dumps(out, ensure_ascii=False, indent=2))
+    return out
+
+
+def read_component(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / COMPONENT_SPEC
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ComponentError(f"{path}: missing (is {folder} a component folder?)") from None
+    except json.JSONDecodeError as e:
+        raise ComponentError(f"{path}:{e.lineno}: broken JSON: {e.msg}") from None
+    if spec.get("kind") not in KINDS:
+        raise ComponentError(f"{path}: kind is {spec.get('kind')!r}; expected one of {', '.join(KINDS)}")
+    return spec
+
+
+def check_input_feature(bundle_manifest: dict[str, Any], spec: dict[str, Any], where: str) -> None:
+    """The component must read exactly the features the bundle's image encoder emits."""
+    image = bundle_manifest["image_encoder"]
+    want = spec["input_feature"]
+    if not image.get("feature_output"):
+        raise ComponentError(
+            f"{where}: the bundle's image encoder has no 'feature' output (re-export the bundle)"
+        )
+    problems = []
+    if int(want["dim"]) != int(image.get("feature_dim", -1)):
+        problems.append(f"feature dim {want['dim']} != bundle's {image.get('feature_dim')}")
+    if want.get("backbone") != image.get("backbone"):
+        problems.append(f"backbone {want.get('backbone')} != bundle's {image.get('backbone')}")
+    if want.get("preprocess") != image.get("preprocess"):
+        problems.append("preprocessing differs from the bundle's")
+    if problems:
+        raise ComponentError(f"{where}: trained on other image features: " + "; ".join(problems))
+
+
+def attach_component(bundle_dir: str | Path, component_dir: str | Path) -> dict[str, Any]:
+    """Copy a component into the bundle (replacing one of the same kind) and rewrite the bundle manifest."""
+    bundle_dir, component_dir = Path(bundle_dir), Path(component_dir)
+    manifest = read_bundle_manifest(bundle_dir)
+    spec = read_component(component_dir)
+    kind = spec["kind"]
+    check_input_feature(manifest, spec, str(component_dir))
+    dst = bundle_dir / kind
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(component_dir, dst)
+    return update_bundle_manifest(
+        bundle_dir, {kind: {**spec, "folder": kind}}, verify=False
+    )  # verified above
