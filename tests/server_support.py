@@ -9,15 +9,32 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from xlsearch.common.timing import StageTimer
+from xlsearch.search.errors import ComponentMissing
+from xlsearch.search.types import (
+    STAGES,
+    Annotation,
+    CaptionRequest,
+    Deleted,
+    Hit,
+    Limits,
+    NewImage,
+    QueryVectors,
+    SearchRequest,
+    SearchResult,
+    Stats,
+    TagRequest,
+)
 from xlsearch_server.app import SearchServer
 from xlsearch_server.settings import ServerSettings
 
@@ -149,99 +166,84 @@ def test_settings(**overrides: Any) -> ServerSettings:
 test_settings.__test__ = False  # type: ignore[attr-defined] - not a test
 
 
-# -- a scripted engine (same Python API as xlsearch.search.engine.SearchEngine) -----------------------------------------
-
-
-@dataclass
-class _Bundle:
-    content_hash: str = "b" * 64
-
-
-@dataclass
-class _Index:
-    uid: str = "fake-index"
-    version: int = 1
-
-    @property
-    def index_hash(self) -> str:
-        return f"{self.uid}-{self.version}"
-
-
-@dataclass
-class _Hit:
-    id: str
-    uri: str
-    score: float
-    cl_score: float
-    cm_score: float
-    caption: str
-    tags: list[str]
-    has_caption: bool
-
-
-@dataclass
-class _Result:
-    hits: list[_Hit]
-    timings: dict[str, float]
-    alpha: float
-    index_version: int
+# -- a scripted engine: a fake that satisfies xlsearch.search.protocol.Engine ------------------------------------
 
 
 @dataclass
 class ScriptedEngine:
-    """Answers searches from a fixed list; `search_seconds` makes every search sleep (deadline tests)."""
+    """Answers searches from a fixed list; `search_seconds` makes every search sleep (deadline tests),
+    `write_seconds` every AddImages batch (write-pool tests)."""
 
     search_seconds: float = 0.0
-    bundle: _Bundle = field(default_factory=_Bundle)
-    index: _Index = field(default_factory=_Index)
+    write_seconds: float = 0.0
     ids: list[str] = field(default_factory=lambda: [f"img{i}" for i in range(20)])
     searches: int = 0
-    write_seconds: float = 0.0  # every AddImages batch sleeps this long (write-pool tests)
     prepares: int = 0
+    limits: Limits = field(default_factory=Limits)
+    bundle_hash: str = "b" * 64
+    index_uid: str = "fake-index"
+    index_version: int = 1
 
-    def search(
-        self, query: str, top_k: int, mode: str, alpha: float | None = None, tags: Any = None
-    ) -> _Result:
+    @property
+    def index_hash(self) -> str:
+        return f"{self.index_uid}-{self.index_version}"
+
+    def warmup(self) -> None:
+        pass
+
+    def encode_query(self, query: str, timer: StageTimer | None = None) -> QueryVectors:
+        return np.zeros(8, np.float32), np.zeros(8, np.float32)
+
+    def run(self, request: SearchRequest, vectors: QueryVectors | None = None) -> SearchResult:
         self.searches += 1
         if self.search_seconds:
             time.sleep(self.search_seconds)
-        a = 0.5 if alpha is None else alpha
+        a = 0.5 if request.alpha is None else request.alpha
         hits = [
-            _Hit(i, f"file:///{i}.png", 1.0 - n / 100, 0.5, 0.5, f"caption {i}", [], True)
-            for n, i in enumerate(self.ids[:top_k])
+            Hit(i, f"file:///{i}.png", 1.0 - n / 100, 0.5, 0.5, f"caption {i}", [], True)
+            for n, i in enumerate(self.ids[: request.top_k])
         ]
-        timings = dict.fromkeys(("tokenize", "encode", "search", "fuse", "metadata"), 0.001)
-        return _Result(hits, timings, a, self.index.version)
+        timings = dict.fromkeys(STAGES, 0.001)
+        return SearchResult(hits, timings, a, self.index_version, request.mode)
 
-    def prepare(self, items: list[Any], start: int = 0) -> list[str]:
+    def prepare(self, items: Sequence[NewImage], start: int = 0) -> list[str]:
         self.prepares += 1
         if self.write_seconds:
             time.sleep(self.write_seconds)
         return [it.id or f"gen{len(self.ids) + start + n}" for n, it in enumerate(items)]
 
-    def commit(self, batches: list[list[str]]) -> list[str]:
+    def commit(self, batches: Sequence[list[str]]) -> list[str]:
         new = [i for b in batches for i in b]
         self.ids.extend(new)
-        self.index.version += 1
+        self.index_version += 1
         return new
 
-    def delete(self, ids: list[str]) -> tuple[list[str], list[str]]:
+    def delete(self, ids: Sequence[str]) -> Deleted:
         gone = [i for i in ids if i in self.ids]
         self.ids = [i for i in self.ids if i not in gone]
         if gone:
-            self.index.version += 1
-        return gone, [i for i in ids if i not in gone]
+            self.index_version += 1
+        return Deleted(gone, [i for i in ids if i not in gone])
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "images": len(self.ids),
-            "captions": len(self.ids),
-            "dim": 8,
-            "factory": "IDMap,Flat",
-            "index_version": self.index.version,
-            "default_alpha": 0.5,
-            "cl_space": "visual",
-        }
+    def tag(self, request: TagRequest) -> Annotation:
+        raise ComponentMissing("the scripted engine has no tagger")
+
+    def caption(self, request: CaptionRequest) -> Annotation:
+        raise ComponentMissing("the scripted engine has no captioner")
+
+    def stats(self) -> Stats:
+        return Stats(
+            images=len(self.ids),
+            captions=len(self.ids),
+            dim=8,
+            factory="IDMap,Flat",
+            exact=True,
+            bundle_hash=self.bundle_hash,
+            index_hash=self.index_hash,
+            index_version=self.index_version,
+            default_alpha=0.5,
+            cl_space="visual",
+        )
 
 
 # -- a real bundle + index pair -----------------------------------------------------------------------------------

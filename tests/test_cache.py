@@ -12,6 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from server_support import REDIS_SERVER, RedisProcess, free_port
 
+from xlsearch.search.types import Hit, SearchRequest, SearchResult
+from xlsearch.search.validate import normalize_query
 from xlsearch_server.metrics import ServerMetrics
 from xlsearch_server.service.cache import (
     IndexScope,
@@ -19,10 +21,8 @@ from xlsearch_server.service.cache import (
     RedisBackend,
     SearchCache,
     embedding_key,
-    normalize_query,
     result_key,
 )
-from xlsearch_server.types import HitRecord, SearchAnswer, SearchQuery
 
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 
@@ -39,9 +39,9 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def answer(version: int = 3) -> SearchAnswer:
-    hit = HitRecord("a", "file:///a.png", 0.9, 0.8, 0.7, "a cat", ["动物"], True)
-    return SearchAnswer(hits=[hit], alpha=0.4, index_version=version, timings={"encode": 0.01})
+def answer(version: int = 3) -> SearchResult:
+    hit = Hit("a", "file:///a.png", 0.9, 0.8, 0.7, "a cat", ["动物"], True)
+    return SearchResult(hits=[hit], alpha=0.4, index_version=version, timings={"encode": 0.01})
 
 
 # -- keys ------------------------------------------------------------------------------------------------------
@@ -54,23 +54,23 @@ def test_normalize_query_trims_collapses_and_applies_nfkc():
 
 def test_result_key_depends_on_everything_that_changes_the_answer():
     scope = IndexScope("bundle", "index", 7)
-    q = SearchQuery("猫", 10, "CLM", 0.3, ("a", "b"))
+    q = SearchRequest("猫", 10, "CLM", 0.3, ("a", "b"))
     key = result_key(q, scope)
-    assert key == result_key(SearchQuery("猫", 10, "CLM", 0.3, ("b", "a")), scope)  # tag order is irrelevant
+    assert key == result_key(SearchRequest("猫", 10, "CLM", 0.3, ("b", "a")), scope)  # tag order is irrelevant
     for other in (
         result_key(q, IndexScope("bundle", "index", 8)),  # index version: every change invalidates
         result_key(q, IndexScope("bundle", "other", 7)),
         result_key(q, IndexScope("other", "index", 7)),
-        result_key(SearchQuery("狗", 10, "CLM", 0.3, ("a", "b")), scope),
-        result_key(SearchQuery("猫", 5, "CLM", 0.3, ("a", "b")), scope),
-        result_key(SearchQuery("猫", 10, "CL", 0.3, ("a", "b")), scope),
-        result_key(SearchQuery("猫", 10, "CLM", None, ("a", "b")), scope),
-        result_key(SearchQuery("猫", 10, "CLM", 0.3, ("a",)), scope),
+        result_key(SearchRequest("狗", 10, "CLM", 0.3, ("a", "b")), scope),
+        result_key(SearchRequest("猫", 5, "CLM", 0.3, ("a", "b")), scope),
+        result_key(SearchRequest("猫", 10, "CL", 0.3, ("a", "b")), scope),
+        result_key(SearchRequest("猫", 10, "CLM", None, ("a", "b")), scope),
+        result_key(SearchRequest("猫", 10, "CLM", 0.3, ("a",)), scope),
     ):
         assert other != key
     # alpha means nothing outside CLM
-    assert result_key(SearchQuery("猫", 10, "CL", 0.3), scope) == result_key(
-        SearchQuery("猫", 10, "CL"), scope
+    assert result_key(SearchRequest("猫", 10, "CL", 0.3), scope) == result_key(
+        SearchRequest("猫", 10, "CL"), scope
     )
     assert embedding_key("猫", "bundle", "zh") != embedding_key("猫", "bundle2", "zh")
 

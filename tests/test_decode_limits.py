@@ -25,7 +25,9 @@ from PIL import Image
 from server_support import ServerThread, test_settings
 
 from xlsearch.encode.preprocess import PreprocessConfig
-from xlsearch.search.engine import ImageTooLarge, InvalidImage, Limits, decode_image_bytes
+from xlsearch.search.errors import ImageTooLarge, InvalidImage
+from xlsearch.search.images import decode_image_bytes
+from xlsearch.search.types import Limits
 from xlsearch.v1 import search_pb2 as pb
 from xlsearch.v1 import search_pb2_grpc as pb_grpc
 

@@ -92,7 +92,7 @@ def test_rpc_stage_cache_index_and_build_series_are_exported(server: ServerThrea
     assert value(f["xlsearch_cache_misses"], "xlsearch_cache_misses_total", cache="result") == 1
     assert value(f["xlsearch_cache_up"], "xlsearch_cache_up", backend="memory") == 1
     assert (
-        value(f["xlsearch_errors"], "xlsearch_errors_total", kind="InvalidArgument", code="INVALID_ARGUMENT")
+        value(f["xlsearch_errors"], "xlsearch_errors_total", kind="InvalidQuery", code="INVALID_ARGUMENT")
         == 1
     )
     assert value(f["xlsearch_index_images"], "xlsearch_index_images") == 21

@@ -13,19 +13,11 @@ import pytest
 from xlsearch.bundle.runtime import Bundle
 from xlsearch.data.manifest import Manifest, Record, read_manifest
 from xlsearch.encode.preprocess import load_image
-from xlsearch.index.image_index import ImageIndex, ImageMeta
-from xlsearch.search.engine import (
-    ImageTooLarge,
-    InvalidArgument,
-    InvalidImage,
-    InvalidQuery,
-    Limits,
-    NewImage,
-    NotFound,
-    SearchEngine,
-    SearchResult,
-)
 from xlsearch.errors import Code
+from xlsearch.index.image_index import ImageIndex, ImageMeta
+from xlsearch.search.engine import SearchEngine
+from xlsearch.search.errors import ImageTooLarge, InvalidArgument, InvalidImage, InvalidQuery, NotFound
+from xlsearch.search.types import Limits, NewImage, SearchResult
 
 MAX_IMAGES = 150  # the test split + some others: enough to make depth matter, small enough to stay fast
 K = 10
@@ -266,8 +258,8 @@ def test_add_delete_and_persist(coll: Collection, live: SearchEngine) -> None:
     assert (back.count, back.version) == (live.index.count, live.version)
     assert back.metadata([back.int_id("new/with-caption")])[0].caption == "A frog."
     stats = live.stats()
-    assert stats["images"] == n0 and stats["index_version"] == v0 + 3 and stats["saved_version"] == v0 + 3
-    assert stats["bundle_hash"] == coll.bundle.content_hash and stats["default_alpha"] == coll.bundle.alpha
+    assert stats.images == n0 and stats.index_version == v0 + 3 and stats.saved_version == v0 + 3
+    assert stats.bundle_hash == coll.bundle.content_hash and stats.default_alpha == coll.bundle.alpha
 
 
 def test_add_rejects_bad_images_all_or_nothing(coll: Collection, live: SearchEngine) -> None:

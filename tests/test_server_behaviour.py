@@ -90,7 +90,7 @@ def test_sigterm_style_stop_drains_in_flight_calls_and_reports_not_serving(
 
 
 class ExplodingEngine(ScriptedEngine):
-    def search(self, *args, **kwargs):
+    def run(self, *args, **kwargs):
         raise RuntimeError("boom: a bug in the engine")
 
 
@@ -164,7 +164,7 @@ def test_message_size_limit_is_enforced_by_grpc():
     ],
 )
 def test_engine_errors_map_to_status_codes(name: str, code: grpc.StatusCode):
-    import xlsearch.search.engine as search
+    import xlsearch.search.errors as search
 
     exc = getattr(search, name)("message for the client")
     got, message, kind = classify(exc)

@@ -159,7 +159,9 @@ class AuthError(XlsearchError):
     reason: str = ""
 
     @property
-    def kind(self) -> str:  # the error metric counts both families under one kind each; `reason` tells them apart
+    def kind(
+        self,
+    ) -> str:  # the error metric counts both families under one kind each; `reason` tells them apart
         return "PermissionDenied" if self.code is Code.PERMISSION_DENIED else "Unauthenticated"
 
 

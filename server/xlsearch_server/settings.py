@@ -15,6 +15,8 @@ from pydantic import Field, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from xlsearch.encode.preprocess import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+
 MiB = 1 << 20
 
 
@@ -54,6 +56,21 @@ class ServerSettings(BaseSettings):
     max_images_per_call: int = Field(1000, gt=0, description="most images one AddImages stream may carry")
     max_add_bytes: int = Field(256 * MiB, gt=0, description="most image bytes one AddImages stream may carry")
     require_chinese: bool = Field(True, description="refuse queries without a Chinese character")
+    require_words: bool = Field(True, description="refuse queries of symbols, punctuation or emoji only")
+    max_tags: int = Field(32, gt=0, description="most tags one Search may filter on")
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_PIXELS,
+        gt=0,
+        description="larger images are decompression bombs (RESOURCE_EXHAUSTED), from the header",
+    )
+    max_image_side: int = Field(
+        DEFAULT_MAX_SIDE, gt=0, description="images with a longer side are refused, from the header"
+    )
+    max_image_aspect: float = Field(
+        DEFAULT_MAX_ASPECT,
+        ge=1,
+        description="images longer than this many times their width (or wider) are refused",
+    )
     max_tag_k: int = Field(100, gt=0, description="largest k a Tag call may ask for")
     min_tag_score: float = Field(
         0.3, ge=0, le=1, description="AddImages stores a predicted tag only with at least this probability"

@@ -210,6 +210,10 @@ class Bundle:
             return self._components[kind]
 
     # -- text -----------------------------------------------------------------------------------------------
+    def uses_sentence(self, lang: str) -> bool:
+        """True when the ``lang`` text encoder reads the pretrained sentence embedding."""
+        return self._tower(lang).uses_sentence
+
     def tokenize(self, texts: list[str], lang: str) -> list[list[str]]:
         return [self._tower(lang).tokenizer.tokenize(t) for t in texts]
 
@@ -222,12 +226,21 @@ class Bundle:
         self, texts: list[str], lang: str, sentence_embedding: np.ndarray | None = None
     ) -> np.ndarray:
         """Sentences -> [B,D] vectors in the visual space (the W2VV encoder of that language)."""
+        if sentence_embedding is None and self._tower(lang).uses_sentence:
+            sentence_embedding = self.sentence_embeddings(texts, lang)
+        return self.encode_tokens(self.tokenize(texts, lang), lang, sentence_embedding)
+
+    def encode_tokens(
+        self, tokens: list[list[str]], lang: str, sentence_embedding: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``tokenize`` output -> [B,D] (callers that time tokenizing on its own tokenize once, here).
+        ``sentence_embedding`` is required when the encoder has the sentence branch."""
         tower = self._tower(lang)
-        ids, lengths = encode_batch(self.tokenize(texts, lang), tower.vocab, tower.max_len)
+        ids, lengths = encode_batch(tokens, tower.vocab, tower.max_len)
         feeds: dict[str, np.ndarray] = {"token_ids": ids, "lengths": lengths}
         if tower.uses_sentence:
             if sentence_embedding is None:
-                sentence_embedding = self.sentence_embeddings(texts, lang)
+                raise BundleError(f"{self.folder}: the {lang} encoder needs the sentence embedding")
             feeds["sentence_embedding"] = sentence_embedding.astype(np.float32)
         # An encoder built from the sentence branch alone has no token inputs (the exporter prunes them).
         wanted = {i.name for i in tower.session.get_inputs()}

@@ -10,73 +10,30 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xlsearch.errors import FailedPrecondition, InvalidArgument
-from xlsearch.search.engine import ImageUnavailable, decode_image_bytes
-
-__all__ = ["AnnotateLimits", "Annotation", "Annotator", "ComponentMissing", "ImageRef", "ImageUnavailable"]
-
-
-class ComponentMissing(FailedPrecondition):
-    """The loaded bundle has no tagger / captioner."""
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """Exactly one of the two: the image itself, or the id of an indexed image."""
-
-    image_bytes: bytes = b""
-    image_id: str = ""
-
-
-@dataclass(frozen=True)
-class TagItem:
-    tag: str
-    score: float
-    english: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class SentenceItem:
-    text: str
-    score: float  # log-probability for generated captions, cosine for recommended sentences
-
-
-@dataclass
-class Annotation:
-    tags: list[TagItem] = field(default_factory=list)
-    captions: list[SentenceItem] = field(default_factory=list)
-    recommended: list[SentenceItem] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class AnnotateLimits:
-    max_tag_k: int = 100
-    max_user_tags: int = 64
-    max_n_best: int = 10
-    beam_size: int = 3
-    recommend_k: int = 5
+from xlsearch.errors import InvalidArgument
+from xlsearch.search.errors import ComponentMissing, ImageTooLarge
+from xlsearch.search.images import decode_image_bytes
+from xlsearch.search.types import Annotation, ImageRef, Limits, SentenceItem, TagItem
 
 
 class Annotator:
-    """Bound to one SearchEngine (its bundle, index and image limits). Thread-safe."""
+    """Bound to one SearchEngine (its bundle, its index through ``stored_image``, its limits). Thread-safe."""
 
-    def __init__(self, engine: Any, limits: AnnotateLimits | None = None) -> None:
+    def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.bundle = engine.bundle
-        self.limits = limits or AnnotateLimits()
+        self.limits: Limits = engine.limits
         self._recommender: Any = None
         self._lock = threading.Lock()
 
     # -- components ---------------------------------------------------------------------------------------------
     def _tagger(self) -> Any:
-        tagger = getattr(self.bundle, "tagger", None)
+        tagger = self.bundle.tagger
         if tagger is None:
             raise ComponentMissing(
                 "the served bundle has no tagger (attach one with xlsearch-train-tagger --bundle)"
@@ -84,7 +41,7 @@ class Annotator:
         return tagger
 
     def _captioner(self) -> Any:
-        captioner = getattr(self.bundle, "captioner", None)
+        captioner = self.bundle.captioner
         if captioner is None:
             raise ComponentMissing(
                 "the served bundle has no captioner (attach one with xlsearch-train-captioner --bundle)"
@@ -109,11 +66,18 @@ class Annotator:
         never re-read)."""
         return decode_image_bytes(ref.image_bytes, self.bundle.preprocess_config, self.engine.limits, "image")
 
+    def _check_ref(self, ref: ImageRef) -> None:
+        """The request's own mistakes come first, before whether this bundle can serve it at all."""
+        if bool(ref.image_bytes) == bool(ref.image_id.strip()):
+            raise InvalidArgument("give exactly one of image.image_bytes and image.image_id")
+        if len(ref.image_bytes) > self.limits.max_image_bytes:
+            raise ImageTooLarge(
+                f"image has {len(ref.image_bytes)} bytes; the limit is {self.limits.max_image_bytes}"
+            )
+
     def _encode(self, ref: ImageRef, timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
         """([1,D] index vector, [1,F] backbone feature) of the image. An indexed image's come from the index: a
         client-supplied uri is metadata only, never opened."""
-        if bool(ref.image_bytes) == bool(ref.image_id):
-            raise InvalidArgument("give exactly one of image_bytes and image_id")
         t0 = time.perf_counter()
         if ref.image_id:
             emb, feat = self.engine.stored_image(ref.image_id)  # NotFound / ImageUnavailable
@@ -131,6 +95,7 @@ class Annotator:
         self, ref: ImageRef, k: int | None = None, user_tags: list[str] | tuple[str, ...] = ()
     ) -> Annotation:
         """Chinese tags with scores and English counterparts; the top-m^ (label quantity prediction) unless k."""
+        self._check_ref(ref)
         tagger = self._tagger()
         lim = self.limits
         top = min(lim.max_tag_k, len(tagger.vocabulary))
@@ -160,6 +125,7 @@ class Annotator:
 
     # -- captioning ---------------------------------------------------------------------------------------------
     def caption(self, ref: ImageRef, n_best: int = 1, recommend: bool = False) -> Annotation:
+        self._check_ref(ref)
         captioner = self._captioner()
         lim = self.limits
         if n_best == 0:
@@ -170,7 +136,9 @@ class Annotator:
         emb, feat = self._encode(ref, out.timings)
         t0 = time.perf_counter()
         tags = self.predicted_tags(feat) if captioner.needs_tags else None
-        beams = captioner.generate(feat, n_best=n_best, beam_size=max(lim.beam_size, n_best), tags=tags)[0]
+        beams = captioner.generate(
+            feat, n_best=n_best, beam_size=max(lim.caption_beam_size, n_best), tags=tags
+        )[0]
         out.captions = [SentenceItem(s.text, float(s.log_prob)) for s in beams]
         out.timings["caption"] = time.perf_counter() - t0
         if recommend:

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from xlsearch.errors import InvalidArgument
-from xlsearch.v1 import search_pb2 as pb
-from xlsearch_server.types import (
-    AddOutcome,
-    AnnotationView,
-    CaptionCall,
-    DeleteOutcome,
-    ImageSource,
-    ImageUpload,
-    SearchAnswer,
-    StatsView,
-    TagCall,
+from xlsearch.search.types import (
+    AddResult,
+    Annotation,
+    CaptionRequest,
+    DeleteResult,
+    ImageRef,
+    NewImage,
+    SearchResult,
+    Stats,
+    TagRequest,
 )
+from xlsearch.v1 import search_pb2 as pb
 
 MODE_FROM_PROTO = {pb.MATCH_MODE_UNSPECIFIED: "CLM", pb.CL: "CL", pb.CM: "CM", pb.CLM: "CLM"}
 
@@ -26,13 +26,14 @@ def mode_from_proto(value: int) -> str:
         raise InvalidArgument(f"unknown match mode {value}; use CL, CM or CLM") from None
 
 
-def search_request_fields(req: pb.SearchRequest) -> tuple[str, int, str, float | None, list[str]]:
-    """(raw query, top_k, mode, alpha or None, tags) of a request, before the service validates them."""
+def search_request_fields(req: pb.SearchRequest) -> tuple[str, int | None, str, float | None, list[str]]:
+    """(raw query, top_k or None, mode, alpha or None, tags) of a request, before the service validates them.
+    proto3 cannot tell an unset top_k from 0: 0 means the default."""
     alpha = req.alpha if req.HasField("alpha") else None
-    return req.query, int(req.top_k), mode_from_proto(req.mode), alpha, list(req.tags)
+    return req.query, int(req.top_k) or None, mode_from_proto(req.mode), alpha, list(req.tags)
 
 
-def search_response(answer: SearchAnswer) -> pb.SearchResponse:
+def search_response(answer: SearchResult) -> pb.SearchResponse:
     return pb.SearchResponse(
         hits=[
             pb.Hit(
@@ -55,21 +56,21 @@ def search_response(answer: SearchAnswer) -> pb.SearchResponse:
     )
 
 
-def image_upload(req: pb.AddImageRequest) -> ImageUpload:
-    return ImageUpload(image_bytes=req.image_bytes, id=req.id, caption=req.caption, uri=req.uri)
+def new_image(req: pb.AddImageRequest) -> NewImage:
+    return NewImage(image_bytes=req.image_bytes, id=req.id, caption=req.caption, uri=req.uri)
 
 
-def add_images_response(outcome: AddOutcome) -> pb.AddImagesResponse:
+def add_images_response(outcome: AddResult) -> pb.AddImagesResponse:
     return pb.AddImagesResponse(ids=outcome.ids, added=len(outcome.ids), index_version=outcome.index_version)
 
 
-def delete_images_response(outcome: DeleteOutcome) -> pb.DeleteImagesResponse:
+def delete_images_response(outcome: DeleteResult) -> pb.DeleteImagesResponse:
     return pb.DeleteImagesResponse(
         deleted=outcome.deleted, not_found=outcome.not_found, index_version=outcome.index_version
     )
 
 
-def stats_response(stats: StatsView) -> pb.GetStatsResponse:
+def stats_response(stats: Stats) -> pb.GetStatsResponse:
     return pb.GetStatsResponse(
         images=stats.images,
         captions=stats.captions,
@@ -85,31 +86,31 @@ def stats_response(stats: StatsView) -> pb.GetStatsResponse:
     )
 
 
-def image_source(ref: pb.ImageRef) -> ImageSource:
+def image_ref(ref: pb.ImageRef) -> ImageRef:
     which = ref.WhichOneof("source")
     if which == "image_bytes":
-        return ImageSource(image_bytes=ref.image_bytes)
+        return ImageRef(image_bytes=ref.image_bytes)
     if which == "image_id":
-        return ImageSource(image_id=ref.image_id)
-    return ImageSource()
+        return ImageRef(image_id=ref.image_id)
+    return ImageRef()
 
 
-def tag_call(req: pb.TagRequest) -> TagCall:
+def tag_request(req: pb.TagRequest) -> TagRequest:
     k = int(req.k) if req.HasField("k") else None
-    return TagCall(image_source(req.image), k, tuple(req.user_tags))
+    return TagRequest(image_ref(req.image), k, tuple(req.user_tags))
 
 
-def caption_call(req: pb.CaptionRequest) -> CaptionCall:
-    return CaptionCall(image_source(req.image), int(req.n_best), bool(req.recommend))
+def caption_request(req: pb.CaptionRequest) -> CaptionRequest:
+    return CaptionRequest(image_ref(req.image), int(req.n_best), bool(req.recommend))
 
 
-def tag_response(view: AnnotationView) -> pb.TagResponse:
+def tag_response(view: Annotation) -> pb.TagResponse:
     return pb.TagResponse(
         tags=[pb.TagScore(tag=t.tag, score=t.score, english=list(t.english)) for t in view.tags]
     )
 
 
-def caption_response(view: AnnotationView) -> pb.CaptionResponse:
+def caption_response(view: Annotation) -> pb.CaptionResponse:
     return pb.CaptionResponse(
         captions=[pb.ScoredSentence(text=c.text, score=c.score) for c in view.captions],
         recommended=[pb.ScoredSentence(text=r.text, score=r.score) for r in view.recommended],

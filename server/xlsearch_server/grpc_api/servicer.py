@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from xlsearch.errors import Cancelled
+from xlsearch.search.types import NewImage
 from xlsearch.v1 import search_pb2 as pb
 from xlsearch.v1 import search_pb2_grpc as pb_grpc
 from xlsearch_server.grpc_api import converters
@@ -14,7 +15,6 @@ from xlsearch_server.grpc_api.errors import map_errors
 from xlsearch_server.metrics import ServerMetrics
 from xlsearch_server.service.execution import Deadline
 from xlsearch_server.service.search_service import SearchService
-from xlsearch_server.types import ImageUpload
 
 Context = grpc.aio.ServicerContext
 
@@ -35,13 +35,15 @@ class ImageSearchServicer(pb_grpc.ImageSearchServicer):
 
     @map_errors
     async def Tag(self, request: pb.TagRequest, context: Context) -> pb.TagResponse:
-        view = await self._service.tag(converters.tag_call(request), Deadline.after(context.time_remaining()))
+        view = await self._service.tag(
+            converters.tag_request(request), Deadline.after(context.time_remaining())
+        )
         return converters.tag_response(view)
 
     @map_errors
     async def Caption(self, request: pb.CaptionRequest, context: Context) -> pb.CaptionResponse:
         view = await self._service.caption(
-            converters.caption_call(request), Deadline.after(context.time_remaining())
+            converters.caption_request(request), Deadline.after(context.time_remaining())
         )
         return converters.caption_response(view)
 
@@ -49,9 +51,9 @@ class ImageSearchServicer(pb_grpc.ImageSearchServicer):
     async def AddImages(
         self, request_iterator: AsyncIterator[pb.AddImageRequest], context: Context
     ) -> pb.AddImagesResponse:
-        async def uploads() -> AsyncIterator[ImageUpload]:
+        async def uploads() -> AsyncIterator[NewImage]:
             async for request in request_iterator:
-                yield converters.image_upload(request)
+                yield converters.new_image(request)
             # grpc.aio ends the request loop normally when the client cancels mid-stream: never add a partial batch.
             if context.cancelled():
                 raise Cancelled("the client cancelled the upload; nothing was added")

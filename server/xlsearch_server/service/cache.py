@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import time
-import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,17 +24,12 @@ from typing import Protocol
 
 import numpy as np
 
+from xlsearch.search.types import SearchRequest, SearchResult
 from xlsearch_server.metrics import ServerMetrics
-from xlsearch_server.types import SearchAnswer, SearchQuery
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "xlsearch:v1"
-
-
-def normalize_query(text: str) -> str:
-    """The query as searched and cached: NFKC (as the tokenisers do) with whitespace trimmed and collapsed."""
-    return " ".join(unicodedata.normalize("NFKC", text).split())
 
 
 @dataclass(frozen=True)
@@ -51,7 +45,7 @@ def _digest(parts: list[object]) -> str:
     return hashlib.sha256(json.dumps(parts, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
 
 
-def result_key(query: SearchQuery, scope: IndexScope) -> str:
+def result_key(query: SearchRequest, scope: IndexScope) -> str:
     alpha = None if query.mode != "CLM" or query.alpha is None else round(float(query.alpha), 6)
     parts: list[object] = [
         scope.bundle_hash,
@@ -258,18 +252,18 @@ class SearchCache:
     def backend_name(self) -> str:
         return self.backend.name
 
-    async def get_result(self, key: str) -> SearchAnswer | None:
+    async def get_result(self, key: str) -> SearchResult | None:
         raw = await self.backend.get(key) if self.enabled else None
         answer = None
         if raw is not None:
             try:
-                answer = SearchAnswer.from_json(raw)
+                answer = SearchResult.from_json(raw)
             except (ValueError, KeyError, TypeError):
                 log.warning("dropping an unreadable cached result %s", key)
         self._count("result", answer is not None)
         return answer
 
-    async def put_result(self, key: str, answer: SearchAnswer) -> None:
+    async def put_result(self, key: str, answer: SearchResult) -> None:
         if self.enabled:
             await self.backend.set(key, answer.to_json(), self.ttl)
 

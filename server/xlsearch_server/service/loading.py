@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from xlsearch.errors import Unavailable
+from xlsearch.search.protocol import Engine
+from xlsearch.search.types import Limits
 from xlsearch_server.settings import ServerSettings
 
 INDEX_MANIFEST = "manifest.json"
@@ -62,36 +64,23 @@ def check_pair(bundle: Path | None, index: Path | None) -> None:
         raise PairError(f"index {index} has dimension {i['dim']}, bundle {bundle} has {b['dim']}")
 
 
-def load_engine(settings: ServerSettings) -> Any:
+def load_engine(settings: ServerSettings) -> Engine:
     """Bundle + ImageIndex -> SearchEngine (blocking; seconds). Raises on a mismatched or broken pair."""
     import faiss
 
     from xlsearch.bundle.runtime import Bundle
     from xlsearch.index.image_index import ImageIndex
-    from xlsearch.search.annotate import AnnotateLimits
-    from xlsearch.search.engine import Limits, SearchEngine
+    from xlsearch.search.engine import SearchEngine
 
     check_pair(settings.bundle, settings.index)
     # A single-query search gains nothing from OpenMP; its spinning threads only slow the encoders down.
     faiss.omp_set_num_threads(1)
     bundle = Bundle(settings.bundle, intra_op_threads=settings.onnx_threads)
     index = ImageIndex.load(settings.index, bundle)
-    limits = Limits(
-        max_query_chars=settings.max_query_chars,
-        max_top_k=settings.max_top_k,
-        max_image_bytes=settings.max_image_bytes,
-    )
-    annotate = AnnotateLimits(
-        max_tag_k=settings.max_tag_k,
-        max_n_best=settings.max_n_best,
-        beam_size=settings.caption_beam_size,
-        recommend_k=settings.recommend_k,
-    )
     engine = SearchEngine(
-        bundle, index, limits=limits, annotate_limits=annotate, min_tag_score=settings.min_tag_score
+        bundle, index, limits=Limits.from_settings(settings), min_tag_score=settings.min_tag_score
     )
-    if callable(getattr(engine, "warmup", None)):
-        engine.warmup()  # lazy encoders load now, so health turns SERVING only when the first search is fast
+    engine.warmup()  # lazy encoders load now, so health turns SERVING only when the first search is fast
     return engine
 
 
@@ -106,17 +95,18 @@ class EngineSlot:
     """The engine once loaded; `require()` is how every RPC gets it (UNAVAILABLE until then)."""
 
     state: LoadState = LoadState.LOADING
-    engine: Any = None
+    engine: Engine | None = None
     error: str = ""
 
-    def require(self) -> Any:
+    def require(self) -> Engine:
         if self.state is LoadState.READY:
+            assert self.engine is not None
             return self.engine
         if self.state is LoadState.FAILED:
             raise NotReady(f"the bundle/index failed to load: {self.error}")
         raise NotReady("the server is still loading its bundle and index; retry shortly")
 
-    def ready(self, engine: Any) -> None:
+    def ready(self, engine: Engine) -> None:
         self.engine, self.state = engine, LoadState.READY
 
     def failed(self, error: str) -> None:
