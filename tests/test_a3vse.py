@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from xlsearch.bundle.runtime import Bundle, read_bundle_manifest
+from xlsearch.bundle.manifest import read_bundle_manifest
+from xlsearch.bundle.runtime import Bundle
 from xlsearch.data.manifest import Record, read_manifest, write_manifest
 from xlsearch.encode.onnx import make_session
 from xlsearch.eval.benchmark import image_to_text_ranks

@@ -12,7 +12,8 @@ pytest.importorskip("torch")
 
 from server_support import ServerThread, test_settings  # noqa: E402
 
-from xlsearch.bundle.runtime import Bundle, read_bundle_manifest  # noqa: E402
+from xlsearch.bundle.manifest import read_bundle_manifest
+from xlsearch.bundle.runtime import Bundle  # noqa: E402
 from xlsearch.data.datasets.tuxpaint import convert_tuxpaint  # noqa: E402
 from xlsearch.data.manifest import read_manifest  # noqa: E402
 from xlsearch.encode.preprocess import load_image  # noqa: E402

@@ -56,7 +56,9 @@ def test_result_key_depends_on_everything_that_changes_the_answer():
     scope = IndexScope("bundle", "index", 7)
     q = SearchRequest("猫", 10, "CLM", 0.3, ("a", "b"))
     key = result_key(q, scope)
-    assert key == result_key(SearchRequest("猫", 10, "CLM", 0.3, ("b", "a")), scope)  # tag order is irrelevant
+    assert key == result_key(
+        SearchRequest("猫", 10, "CLM", 0.3, ("b", "a")), scope
+    )  # tag order is irrelevant
     for other in (
         result_key(q, IndexScope("bundle", "index", 8)),  # index version: every change invalidates
         result_key(q, IndexScope("bundle", "other", 7)),

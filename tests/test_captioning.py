@@ -246,7 +246,7 @@ def test_experiment_cli_end_to_end(tiny_run, tmp_path: Path) -> None:
 
     # The served captioner is attached to the bundle and loads from it.
     loaded = Bundle(bundle)
-    spec = loaded.manifest["captioner"]
+    spec = loaded.manifest.captioner
     assert spec["input_feature"]["dim"] == 1280 and spec["strategy"] != "tags"
     assert spec["onnx_parity"]["identical_sentences"] and spec["onnx_parity"]["images"] > 0
     captioner = Captioner.load(bundle / "captioner", spec, intra_op_threads=1)

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from xlsearch.bundle.components import ComponentError, attach_component, read_component, write_component
-from xlsearch.bundle.runtime import Bundle, read_bundle_manifest
+from xlsearch.bundle.manifest import read_bundle_manifest
+from xlsearch.bundle.runtime import Bundle
 from xlsearch.data.manifest import read_manifest
 from xlsearch.encode.features import extract_features
 from xlsearch.encode.preprocess import PreprocessConfig

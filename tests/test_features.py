@@ -104,15 +104,15 @@ def test_interrupted_run_resumes(dataset: Path, tmp_path: Path, monkeypatch: pyt
     kwargs = {"batch_size": 2, "chunk_size": 3, "progress": False}
     fresh = extract_features(manifest, enc, CFG, tmp_path / "fresh", **kwargs)
 
-    real, calls = features._encode_chunk, []
+    real, calls = features._run_backbone, []
 
     def flaky(*args, **kw):
         calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # killed while encoding the second chunk
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed while encoding the third batch: one chunk (3 rows) was flushed
         return real(*args, **kw)
 
-    monkeypatch.setattr(features, "_encode_chunk", flaky)
+    monkeypatch.setattr(features, "_run_backbone", flaky)
     cache = tmp_path / "cache"
     with pytest.raises(KeyboardInterrupt):
         extract_features(manifest, enc, CFG, cache, **kwargs)
@@ -120,14 +120,14 @@ def test_interrupted_run_resumes(dataset: Path, tmp_path: Path, monkeypatch: pyt
     assert not list((cache / cache_key(enc, CFG)).glob(".chunk*"))  # no temp file left behind
 
     calls.clear()
-    monkeypatch.setattr(features, "_encode_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(features, "_run_backbone", lambda *a, **k: calls.append(1) or real(*a, **k))
     ids, feats, report = extract_features(manifest, enc, CFG, cache, **kwargs)
-    assert len(calls) == 3 and report["chunks"] == 4 and report["chunks_reused"] == 1
+    assert (report["reused"], report["computed"]) == (3, 8)  # only what the interrupted run had not flushed
     assert ids == fresh[0] and np.array_equal(feats, fresh[1]) and report["skipped"] == fresh[2]["skipped"]
 
     calls.clear()  # a complete cache encodes nothing
     again = extract_features(manifest, enc, CFG, cache, **kwargs)
-    assert calls == [] and again[2]["chunks_reused"] == 4 and np.array_equal(again[1], fresh[1])
+    assert calls == [] and again[2]["reused"] == 11 and np.array_equal(again[1], fresh[1])
 
 
 def test_oversample_averages_ten_crops(dataset: Path, tmp_path: Path) -> None:
@@ -151,11 +151,14 @@ def test_cache_key_and_changed_manifest(dataset: Path, tmp_path: Path) -> None:
     assert cache_key(enc, CFG) != cache_key(other, CFG)
     cache = tmp_path / "cache"
     extract_features(dataset, enc, CFG, cache, chunk_size=4, progress=False)
-    # Drop the first record: every chunk now covers different ids and must be recomputed, not misread.
+    # Drop the first record and change an image: rows are keyed by (id, file), so nothing is misread and only the
+    # changed image is encoded again.
     lines = (dataset / "manifest.jsonl").read_text().splitlines(keepends=True)
     (dataset / "manifest.jsonl").write_text("".join(lines[1:]))
+    changed = dataset / "images" / "02.png"
+    Image.open(changed).transpose(Image.Transpose.FLIP_LEFT_RIGHT).rotate(90).save(changed)
     ids, feats, report = extract_features(dataset, enc, CFG, cache, chunk_size=4, progress=False)
-    assert report["chunks_reused"] == 0 and ids[0] == "img01"
+    assert (report["reused"], report["computed"]) == (9, 1) and ids[0] == "img01"
     np.testing.assert_allclose(feats, expected_features(dataset, ids, CFG), atol=1e-5)
 
 

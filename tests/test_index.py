@@ -10,14 +10,8 @@ import numpy as np
 import pytest
 
 import xlsearch.index.image_index as index_mod
-from xlsearch.index.image_index import (
-    BundleKey,
-    ImageIndex,
-    ImageMeta,
-    IndexFormatError,
-    IndexMismatchError,
-    parse_factory,
-)
+from xlsearch.index.factory import parse_factory
+from xlsearch.index.image_index import BundleKey, ImageIndex, ImageMeta, IndexFormatError, IndexMismatchError
 
 DIM, CL_DIM = 32, 16
 KEY = BundleKey("bundle-a", DIM, "sentence", CL_DIM)
@@ -141,7 +135,7 @@ def test_save_is_atomic(filled, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     def broken(*_a, **_k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(index_mod, "_write_metadata", broken)
+    monkeypatch.setattr(index_mod, "write_metadata", broken)
     with pytest.raises(OSError, match="disk full"):
         ix.save(folder)
     assert [p.name for p in tmp_path.iterdir()] == ["index"]  # no temp folder left behind
@@ -165,7 +159,13 @@ def test_load_refuses_other_bundle(filled, tmp_path: Path) -> None:
     ):
         with pytest.raises(IndexMismatchError, match="another bundle"):
             ImageIndex.load(folder, other)
-    manifest = {"content_hash": "bundle-b", "dim": DIM, "fusion": {"cl_space": "visual"}}
+    manifest = {  # a bundle manifest (dict) is parsed by the typed schema
+        "content_hash": "bundle-b",
+        "dim": DIM,
+        "fusion": {"cl_space": "visual"},
+        "image_encoder": {"file": "image_encoder.onnx", "dim": DIM, "preprocess": {}},
+        "text_encoders": {},
+    }
     with pytest.raises(IndexMismatchError, match="bundle_hash.*cl_space"):
         ImageIndex.load(folder, manifest)
 
@@ -264,7 +264,7 @@ def test_load_removes_temp_folders_of_a_killed_save(filled, tmp_path: Path, capl
     (stale / "images.faiss").write_bytes(b"\0" * 4096)
     other = tmp_path / ".other.tmp-1234"  # another index's temp folder is not ours to remove
     other.mkdir()
-    with caplog.at_level("WARNING", logger="xlsearch.index.image_index"):
+    with caplog.at_level("WARNING", logger="xlsearch.common.atomic"):
         assert ImageIndex.load(folder).count == 60
     assert not stale.exists() and other.exists()
     assert "interrupted save" in caplog.text and "4096 bytes" in caplog.text

@@ -17,7 +17,8 @@ from xlsearch.data.manifest import Manifest, read_manifest
 from xlsearch.encode.preprocess import load_image
 from xlsearch.index.image_index import BundleKey, ImageIndex
 from xlsearch_indexer.cli import main
-from xlsearch_indexer.job import BundleEncoder, Checkpoint, ImageDecoder, IndexWriter, run_job
+from xlsearch_indexer.encoder import BundleEncoder, ImageDecoder
+from xlsearch_indexer.job import IndexWriter, checkpoint_for, run_job
 from xlsearch_indexer.sources import Source, SourceItem, folder_source, manifest_source, read_captions
 
 N = 8
@@ -143,7 +144,7 @@ def _run(bundle: Bundle, source: Source, out: Path, encoder: BundleEncoder):
         source,
         ImageDecoder(bundle.preprocess_config, 1 << 30),
         encoder,
-        Checkpoint.next_to(out, BundleKey.of(bundle)),
+        checkpoint_for(out, BundleKey.of(bundle)),
         IndexWriter(bundle, "IDMap,Flat", out),
         batch_size=2,
         workers=2,
@@ -160,7 +161,7 @@ def test_interrupted_run_resumes(bundle: Bundle, manifest: Manifest, tmp_path: P
     with pytest.raises(RuntimeError, match="injected"):
         _run(bundle, source, out, first)
     assert not out.exists()
-    work = Checkpoint.next_to(out, BundleKey.of(bundle)).folder
+    work = checkpoint_for(out, BundleKey.of(bundle)).folder
     assert len(list(work.glob("chunk_*.npz"))) == 2 and first.images == 4  # two batches survived
 
     second = FailingEncoder(bundle)

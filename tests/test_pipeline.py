@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xlsearch.bundle.runtime import Bundle, BundleError, read_bundle_manifest
+from xlsearch.bundle.manifest import BundleError, read_bundle_manifest
+from xlsearch.bundle.runtime import Bundle
 from xlsearch.data.manifest import read_manifest
 from xlsearch.encode.preprocess import load_image
 

@@ -181,8 +181,7 @@ def test_added_images_get_predicted_tags(stub, stamps):
 
 
 def test_only_confident_predicted_tags_are_stored():
-    from xlsearch.bundle.tagger import TagScore
-    from xlsearch_indexer.job import confident_tags
+    from xlsearch.bundle.tagger import TagScore, confident_tags
 
     predicted = [
         [TagScore("企鹅", 0.97, "penguin"), TagScore("鸟", 0.31, "bird"), TagScore("英国", 0.06, "uk")],

@@ -238,12 +238,12 @@ def test_experiment_cli_on_tiny_tuxpaint(tiny_run, tmp_path: Path) -> None:
     stamp = done.stat().st_mtime_ns
     assert main(argv[:-2]) == 0  # resumed: nothing retrained
     assert done.stat().st_mtime_ns == stamp
-    from xlsearch.bundle.runtime import read_bundle_manifest
+    from xlsearch.bundle.manifest import read_bundle_manifest
 
     manifest = read_bundle_manifest(bundle)
     assert manifest["tagger"]["model"] == "cascade" and (bundle / "tagger" / "tagger.onnx").is_file()
     spec = read_component(bundle / "tagger")
     tagger = Tagger.load(bundle / "tagger", spec, 1)
     chunks = [np.load(p) for p in sorted((tiny_run.runs / "cache" / "features").rglob("chunk_*.npz"))]
-    x = next(c["features"] for c in chunks if c["features"].shape[1] == spec["input_feature"]["dim"])
+    x = next(c["v_feature"] for c in chunks if c["v_feature"].shape[1] == spec["input_feature"]["dim"])
     assert all(len(tags) >= 1 for tags in tagger.predict(x[:2]))

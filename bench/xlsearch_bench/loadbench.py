@@ -990,14 +990,14 @@ def ground_truth(
 
 
 def resolve_factory(factory: str, n: int, nlist_max: int) -> str:
-    from xlsearch.index.image_index import auto_nlist
+    from xlsearch.index.factory import auto_nlist
 
     return factory.replace("{nlist}", str(min(auto_nlist(n), nlist_max)))
 
 
 def estimate_bytes(n: int, dim: int, cl_dim: int, factory: str, shared_store: bool = False) -> int:
     """Rough resident size of an ImageIndex: vectors (twice for approximate factories), HNSW links, metadata."""
-    from xlsearch.index.image_index import parse_factory
+    from xlsearch.index.factory import parse_factory
 
     spec = parse_factory(factory)
     vec = n * (dim + cl_dim) * 4

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from xlsearch.bundle.runtime import BundleError
+from xlsearch.bundle.manifest import BundleError
 from xlsearch.data.manifest import ManifestError
 
 
@@ -25,7 +25,8 @@ def _benchmark(args: argparse.Namespace) -> int:
         manifest, bundle.folder / "image_encoder.onnx", bundle.preprocess_config, cache
     )
     result = evaluate(bundle, manifest, dict(zip(ids, feats, strict=True)))
-    result.update(variant=bundle.manifest.get("name", str(args.bundle)), seed=bundle.manifest.get("seed"))
+    info = bundle.manifest.info
+    result.update(variant=info.get("name", str(args.bundle)), seed=info.get("seed"))
     print(
         f"{result['queries']} queries, {result['candidates']} candidates ({result['candidates_all']} all images)"
     )

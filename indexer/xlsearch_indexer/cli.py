@@ -7,17 +7,10 @@ import sys
 import time
 from collections.abc import Sequence
 
+from xlsearch.common.timing import StageTimer
 from xlsearch.index.image_index import DEFAULT_FACTORY, BundleKey, IndexFormatError
-from xlsearch_indexer.job import (
-    DEFAULT_MIN_TAG_SCORE,
-    BundleEncoder,
-    Checkpoint,
-    ImageDecoder,
-    IndexWriter,
-    JobResult,
-    StageTimer,
-    run_job,
-)
+from xlsearch_indexer.encoder import DEFAULT_MIN_TAG_SCORE, BundleEncoder, ImageDecoder
+from xlsearch_indexer.job import IndexWriter, JobResult, checkpoint_for, run_job
 from xlsearch_indexer.sources import folder_source, manifest_source
 
 __all__ = ["build_parser", "main", "summary_table"]
@@ -105,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.split and not args.manifest:
         print("xlsearch index: error: --split needs --manifest", file=sys.stderr)
         return 2
-    from xlsearch.bundle.runtime import Bundle, BundleError
+    from xlsearch.bundle.manifest import BundleError
+    from xlsearch.bundle.runtime import Bundle
     from xlsearch.data.manifest import ManifestError
 
     timer = StageTimer()
@@ -124,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             source,
             ImageDecoder(bundle.preprocess_config, args.max_image_bytes),
             BundleEncoder(bundle, predict_tags=not args.no_predicted_tags, min_tag_score=args.min_tag_score),
-            Checkpoint.next_to(args.out, BundleKey.of(bundle)),
+            checkpoint_for(args.out, BundleKey.of(bundle)),
             writer,
             batch_size=args.batch_size,
             workers=args.workers,

@@ -13,7 +13,7 @@ import onnxruntime
 import torch
 
 import xlsearch
-from xlsearch.bundle.runtime import write_bundle_manifest
+from xlsearch.bundle.manifest import write_bundle_manifest
 from xlsearch_training.export_image import FEATURE_NAME, OUTPUT_NAME, export_image_encoder
 from xlsearch_training.export_text import export_text_encoder
 from xlsearch_training.train_w2vv import TrainConfig, TrainedEncoder

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from xlsearch.bundle.runtime import BundleError, read_bundle_manifest, update_bundle_manifest
+from xlsearch.bundle.manifest import BundleError, read_bundle_manifest, update_bundle_manifest
 from xlsearch.common.atomic import write_text_atomic
 
 COMPONENT_SPEC = "component.json"

@@ -63,18 +63,14 @@ class Scores:
 
 
 def score(bundle: Bundle, qs: QuerySet, image_vectors: dict[str, np.ndarray]) -> Scores:
-    has_sentence = bundle.manifest.get("sentence_encoder") is not None
+    has_sentence = bundle.manifest.sentence_encoder is not None
     q_sent = bundle.sentence_embeddings(qs.queries, "zh") if has_sentence else None
     c_sent = bundle.sentence_embeddings(qs.captions, "en") if has_sentence else None
-    q = bundle.encode_texts(qs.queries, "zh", q_sent if _uses_sentence(bundle, "zh") else None)
-    c = bundle.encode_texts(qs.captions, "en", c_sent if _uses_sentence(bundle, "en") else None)
+    q = bundle.encode_texts(qs.queries, "zh", q_sent if bundle.uses_sentence("zh") else None)
+    c = bundle.encode_texts(qs.captions, "en", c_sent if bundle.uses_sentence("en") else None)
     v = np.stack([image_vectors[i] for i in qs.candidate_ids])
     cl_sentence = q_sent @ c_sent.T if q_sent is not None and c_sent is not None else None
     return Scores(cm=q @ v.T, cl_visual=q @ c.T, cl_sentence=cl_sentence)
-
-
-def _uses_sentence(bundle: Bundle, lang: str) -> bool:
-    return bool(bundle.manifest["text_encoders"][lang].get("sentence_dim", 0))
 
 
 def image_to_text_ranks(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:

@@ -54,7 +54,7 @@ class Annotator:
             if self._recommender is None:
                 from xlsearch.search.recommend import SentenceRecommender
 
-                spec = self.bundle.manifest["captioner"]
+                spec = self.bundle.manifest.captioner
                 pool = Path(self.bundle.folder) / spec["folder"] / spec["sentence_pool"]
                 sentences = json.loads(pool.read_text(encoding="utf-8"))
                 self._recommender = SentenceRecommender(self.bundle, sentences)

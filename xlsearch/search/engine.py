@@ -24,6 +24,7 @@ import numpy as np
 
 from xlsearch.bundle.tagger import confident_tags
 from xlsearch.common.timing import StageTimer
+from xlsearch.encode.pipeline import Row, map_images
 from xlsearch.errors import InvalidArgument, NotFound
 from xlsearch.index.image_index import ImageIndex, ImageMeta
 from xlsearch.search.annotate import Annotator
@@ -244,22 +245,40 @@ class SearchEngine:
 
     def prepare(self, items: Sequence[NewImage], start: int = 0) -> PreparedImages:
         """Validate, decode and encode a batch of new images without touching the index (no lock): a stream is
-        prepared batch by batch as it arrives and committed once. ``start`` numbers the items in messages."""
-        prepared = [self._prepare(start + n, item) for n, item in enumerate(items)]
-        if not prepared:
+        prepared batch by batch as it arrives and committed once. ``start`` numbers the items in messages. Runs the
+        one image pipeline (``xlsearch.encode.pipeline``) in the calling thread, failing on the first bad image."""
+        metas = [self._meta(start + n, item) for n, item in enumerate(items)]
+        if not metas:
             return PreparedImages([], np.zeros((0, self.index.dim), np.float32), [], None)
-        vecs, feats, predicted = self._encode_new(np.stack([p[1] for p in prepared]))
-        captioned = [n for n, p in enumerate(prepared) if p[0].has_caption]
-        cap_rows: list[np.ndarray | None] = [None] * len(prepared)
+        cfg, lim = self.bundle.preprocess_config, self.limits
+        numbered = list(enumerate(items, start))
+        rows = [
+            row
+            for _, row in map_images(
+                numbered,
+                lambda x: decode_image_bytes(x[1].image_bytes, cfg, lim, f"item {x[0]}"),
+                self._encode_rows,
+                batch_size=self.encode_batch,
+                workers=0,
+            )
+        ]
+        captioned = [n for n, m in enumerate(metas) if m.has_caption]
+        cap_rows: list[np.ndarray | None] = [None] * len(metas)
         if captioned:
-            cap_vecs = self.bundle.cl_vectors([prepared[n][0].caption for n in captioned], "en")
+            cap_vecs = self.bundle.cl_vectors([metas[n].caption for n in captioned], "en")
             for n, v in zip(captioned, cap_vecs, strict=True):
                 cap_rows[n] = v
         metas = [
-            replace(p[0], tags=tuple(dict.fromkeys([*p[0].tags, *tags])))
-            for p, tags in zip(prepared, predicted, strict=True)
+            replace(m, tags=tuple(dict.fromkeys([*m.tags, *r.extra])))
+            for m, r in zip(metas, rows, strict=True)
         ]
-        return PreparedImages(metas, vecs, cap_rows, feats)
+        feats = [r.vectors["feature"] for r in rows]
+        return PreparedImages(
+            metas,
+            np.stack([r.vectors["image"] for r in rows]),
+            cap_rows,
+            np.stack(feats) if all(f is not None for f in feats) else None,
+        )
 
     def commit(self, batches: Sequence[PreparedImages]) -> list[str]:
         """Add prepared batches to the index at once and persist. Returns the ids in order."""
@@ -280,41 +299,32 @@ class SearchEngine:
             self._persist()
         return [m.id for m in metas]
 
-    def _encode_new(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, list[tuple[str, ...]]]:
+    def _encode_rows(self, items: list[Any], pixels: np.ndarray) -> list[Row]:
         """Index vectors, backbone features (stored so Tag/Caption by id never read a file; None when the bundle
         has no feature output) and, when the bundle has a tagger, each image's predicted Chinese tags (stored in
         the metadata so Search can filter on them, exactly as the indexer does)."""
+        if not self.bundle.has_features:
+            return [Row({"image": v, "feature": None}, extra=()) for v in self.bundle.encode_pixels(pixels)]
+        emb, feat = self.bundle.encode_pixels_with_features(pixels)
         tagger = self.bundle.tagger
-        vecs, feats, tags = [], [], []
-        for i in range(0, len(pixels), self.encode_batch):
-            batch = pixels[i : i + self.encode_batch]
-            if not self.bundle.has_features:
-                vecs.append(self.bundle.encode_pixels(batch))
-                tags.extend(() for _ in batch)
-                continue
-            emb, feat = self.bundle.encode_pixels_with_features(batch)
-            vecs.append(emb)
-            feats.append(feat)
-            if tagger is None:
-                tags.extend(() for _ in batch)
-            else:
-                tags.extend(confident_tags(tagger.predict(feat), self.min_tag_score))
-        return np.concatenate(vecs), (np.concatenate(feats) if feats else None), tags
+        tags = (
+            confident_tags(tagger.predict(feat), self.min_tag_score)
+            if tagger is not None
+            else [()] * len(emb)
+        )
+        return [Row({"image": e, "feature": f}, extra=t) for e, f, t in zip(emb, feat, tags, strict=True)]
 
-    def _prepare(self, n: int, item: NewImage) -> tuple[ImageMeta, np.ndarray]:
-        """Metadata and model input pixels ([3,S,S] or [10,3,S,S], a few hundred KB whatever the image)."""
+    def _meta(self, n: int, item: NewImage) -> ImageMeta:
+        """The new image's metadata, checked before anything is decoded."""
         lim = self.limits
-        data = item.image_bytes
-        image = decode_image_bytes(data, self.bundle.preprocess_config, lim, f"item {n}")
-        image_id = (item.id or "").strip() or hashlib.sha256(data).hexdigest()
+        image_id = (item.id or "").strip() or hashlib.sha256(item.image_bytes or b"").hexdigest()
         if len(image_id) > lim.max_id_chars:
             raise InvalidArgument(f"item {n}: id longer than {lim.max_id_chars} characters")
         caption = (item.caption or "").strip()
         if len(caption) > lim.max_caption_chars:
             raise InvalidArgument(f"item {n}: caption longer than {lim.max_caption_chars} characters")
         tags = tuple(t.strip() for t in item.tags if t.strip())
-        meta = ImageMeta(image_id, item.uri or "", (caption,) if caption else (), tags)
-        return meta, image
+        return ImageMeta(image_id, item.uri or "", (caption,) if caption else (), tags)
 
     def delete(self, ids: Sequence[str]) -> Deleted:
         """Remove images -> (deleted ids, ids not found)."""

@@ -19,7 +19,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from xlsearch.bundle.runtime import write_bundle_manifest
+from xlsearch.bundle.manifest import write_bundle_manifest
 from xlsearch_training.a3vse.model import A3VSEImageEncoder, TextEncoder
 from xlsearch_training.a3vse.regions import RegionExtractor
 from xlsearch_training.a3vse.train import A3VSETrainConfig, TrainedA3VSE

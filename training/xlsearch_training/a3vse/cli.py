@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from xlsearch.bundle.runtime import SENTENCE_ROLE, Bundle, update_bundle_manifest
+from xlsearch.bundle.manifest import update_bundle_manifest
+from xlsearch.bundle.runtime import SENTENCE_ROLE, Bundle
 from xlsearch.data.datasets.unannotated import build_pool, default_candidates
 from xlsearch.data.manifest import Manifest, read_manifest, resplit_manifest
 from xlsearch.encode.sentence import build_sentence_encoder, cached_encode
