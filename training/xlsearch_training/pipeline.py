@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from xlsearch.bundle.manifest import update_bundle_manifest
 from xlsearch.bundle.runtime import Bundle
 from xlsearch.data.datasets.tuxpaint import convert_tuxpaint
 from xlsearch.data.manifest import Manifest, read_manifest, resplit_manifest
@@ -133,10 +134,9 @@ def run_variant(
     sentence = sentence_spec if sentence_spec else None
     image_encoder = ImageEncoder(backbone.module, head)
 
-    def write(fusion: dict[str, Any]) -> None:
-        write_w2vv_bundle(bundle_dir, image_encoder, spec, encoders, cfg, sentence, fusion, extra)
-
-    write({"alpha": 0.5, "cl_space": "visual"})
+    write_w2vv_bundle(
+        bundle_dir, image_encoder, spec, encoders, cfg, sentence, {"alpha": 0.5, "cl_space": "visual"}, extra
+    )
     # Index vectors come from the bundle's own image encoder, exactly as the indexer will compute them.
     index_vectors = image_vectors(
         split_manifest, bundle_dir / "image_encoder.onnx", spec["preprocess"], cache
@@ -144,8 +144,8 @@ def run_variant(
     metrics = evaluate(Bundle(bundle_dir), split_manifest, index_vectors)
     # Serve CL in whichever space measured better on validation; record its alpha.
     space = max(metrics["alphas"], key=lambda s: metrics["alphas"][s]["val_mrr"])
-    extra["benchmark"] = metrics["rows"]
-    write({"cl_space": space, **metrics["alphas"][space], "candidates": metrics["alphas"]})
+    fusion = {"cl_space": space, **metrics["alphas"][space], "candidates": metrics["alphas"]}
+    update_bundle_manifest(bundle_dir, {"fusion": fusion, "benchmark": metrics["rows"]})  # no re-export
     result = {
         "variant": name,
         "seed": seed,
