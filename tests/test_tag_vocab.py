@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from xlsearch.data.manifest import read_manifest
-from xlsearch.data.tag_vocab import (
+from xlsearch.encode.tag_vocab import (
     ChineseTagExtractor,
     TagVocabConfig,
     TagVocabulary,

@@ -15,7 +15,7 @@ pytest.importorskip("torch")
 from xlsearch.bundle.components import read_component  # noqa: E402
 from xlsearch.bundle.tagger import Tagger, TagInputError, TagScore, UnknownTagError  # noqa: E402
 from xlsearch.data.manifest import Manifest, Record  # noqa: E402
-from xlsearch.data.tag_vocab import extract_image_tags  # noqa: E402
+from xlsearch.encode.tag_vocab import extract_image_tags  # noqa: E402
 from xlsearch_training.tagging.component import train_tagger_component  # noqa: E402
 from xlsearch_training.tagging.train import TaggerConfig, evaluate_modes, fit_tagger, tag_data  # noqa: E402
 

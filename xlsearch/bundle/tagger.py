@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from xlsearch.data.tag_vocab import TagVocabulary
 from xlsearch.encode.onnx import make_session
+from xlsearch.encode.tag_vocab import TagVocabulary
 from xlsearch.errors import InvalidArgument
 
 FEATURE_INPUT, USER_INPUT = "feature", "user_tags"

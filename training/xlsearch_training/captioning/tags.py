@@ -1,6 +1,6 @@
 """Tag inputs for "captioning with tags" (COCO-CN Table XIII): a bag-of-tags vector next to the image vector.
 
-Training images use their true tags (the tag vocabulary of ``xlsearch.data.tag_vocab``: manual tags plus the content
+Training images use their true tags (the tag vocabulary of ``xlsearch.encode.tag_vocab``: manual tags plus the content
 words of the image's Chinese sentences, restricted to tags seen in at least ``min_count`` training images).
 Validation and test images use *predicted* tags, never their own sentences: those of a tagger trained on the same
 training split (``xlsearch_training.tagging``; the served Cascading MLP with its label-quantity head decides how
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from xlsearch.data.manifest import Manifest
-from xlsearch.data.tag_vocab import TagVocabConfig, extract_image_tags, vocabularies_for
+from xlsearch.encode.tag_vocab import TagVocabConfig, extract_image_tags, vocabularies_for
 
 
 class TagPredictor(Protocol):

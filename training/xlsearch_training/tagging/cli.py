@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from xlsearch.data.manifest import Manifest, read_manifest, resplit_manifest
-from xlsearch.data.tag_vocab import extract_image_tags, image_tags_en
+from xlsearch.encode.tag_vocab import extract_image_tags, image_tags_en
 from xlsearch_training.pipeline import ensure_backbone, ensure_dataset, image_vectors, slug
 from xlsearch_training.tagging.component import train_tagger_component
 from xlsearch_training.tagging.report import format_table

@@ -1,7 +1,7 @@
 """ONNX export of a trained tagger and the one-call API that writes a servable tagger component folder.
 
 Folder layout: ``tagger.onnx`` (feature [B,F] (+ user_tags [B,Cz]) -> zh_probs [B,Cz], en_probs [B,Ce] for the
-multi-task and cascade models, count [B]), ``tags_zh.json`` / ``tags_en.json`` (xlsearch.data.tag_vocab format) and
+multi-task and cascade models, count [B]), ``tags_zh.json`` / ``tags_en.json`` (xlsearch.encode.tag_vocab format) and
 ``component.json`` (written by ``xlsearch.bundle.components.write_component``).
 """
 
@@ -19,8 +19,8 @@ import torch
 from xlsearch.bundle.components import write_component
 from xlsearch.bundle.tagger import COUNT_OUTPUT, EN_OUTPUT, FEATURE_INPUT, USER_INPUT, ZH_OUTPUT
 from xlsearch.data.manifest import Manifest
-from xlsearch.data.tag_vocab import extract_image_tags
 from xlsearch.encode.onnx import make_session
+from xlsearch.encode.tag_vocab import extract_image_tags
 from xlsearch_training.tagging.models import ServedTagger
 from xlsearch_training.tagging.train import TaggerConfig, TrainedTagger, evaluate_modes, fit_tagger, tag_data
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from xlsearch.data.manifest import Manifest, Record
-from xlsearch.data.tag_vocab import (
+from xlsearch.encode.tag_vocab import (
     ImageTags,
     TagVocabConfig,
     TagVocabulary,
