@@ -146,8 +146,12 @@ def fake_pair(tmp_path: Path, index_bundle_hash: str) -> tuple[Path, Path]:
     bundle, index = tmp_path / "bundle", tmp_path / "index"
     bundle.mkdir()
     index.mkdir()
-    (bundle / "manifest.json").write_text(json.dumps({"content_hash": "a" * 64, "dim": 8}))
-    (index / "manifest.json").write_text(json.dumps({"bundle_hash": index_bundle_hash, "dim": 8}))
+    image = {"file": "image_encoder.onnx", "dim": 8, "preprocess": {}}
+    bundle_manifest = {"format": "xlsearch-bundle/1", "content_hash": "a" * 64, "dim": 8, "cl_dim": 8}
+    bundle_manifest.update(image_encoder=image, text_encoders={}, files={})
+    (bundle / "manifest.json").write_text(json.dumps(bundle_manifest))
+    index_manifest = {"format": "xlsearch-index/1", "bundle_hash": index_bundle_hash, "dim": 8, "cl_dim": 8}
+    (index / "manifest.json").write_text(json.dumps({**index_manifest, "cl_space": "visual"}))
     return bundle, index
 
 

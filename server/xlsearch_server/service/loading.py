@@ -7,18 +7,16 @@ binds a port; the full load (hash verification, ONNX sessions, FAISS) runs in th
 from __future__ import annotations
 
 import enum
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from xlsearch.bundle.manifest import BundleError, read_bundle_manifest
 from xlsearch.errors import Unavailable
+from xlsearch.index.image_index import read_index_key
+from xlsearch.index.key import BundleKey, IndexFormatError, IndexMismatchError, check_compatible
 from xlsearch.search.protocol import Engine
 from xlsearch.search.types import Limits
 from xlsearch_server.settings import ServerSettings
-
-INDEX_MANIFEST = "manifest.json"
 
 
 class NotReady(Unavailable):
@@ -29,39 +27,26 @@ class PairError(ValueError):
     """The bundle or index folder is missing, unreadable, or the two do not match. The server exits."""
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PairError(f"{path.parent}: not a {what} folder (no {path.name})") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise PairError(f"{path}: unreadable {what} manifest: {e}") from None
-    if not isinstance(data, dict):
-        raise PairError(f"{path}: {what} manifest is not a JSON object")
-    return data
-
-
-def manifest_hash(folder: Path) -> str:
-    """A short identity for an index folder's current state (its manifest's content)."""
-    return hashlib.sha256((folder / INDEX_MANIFEST).read_bytes()).hexdigest()
-
-
 def check_pair(bundle: Path | None, index: Path | None) -> None:
-    """Raise PairError unless `index` was built with `bundle` (same content hash and dimension)."""
+    """Raise PairError unless ``index`` was built with ``bundle``: the one compatibility check
+    (``xlsearch.index.key.check_compatible``) on the two manifests alone (no file hashing, no model loading)."""
     if bundle is None or index is None:
         raise PairError(
             "both a bundle (--bundle / XLSEARCH_BUNDLE) and an index (--index / XLSEARCH_INDEX) are needed"
         )
-    b = _read_json(Path(bundle) / "manifest.json", "bundle")
-    i = _read_json(Path(index) / INDEX_MANIFEST, "index")
-    b_hash, i_hash = b.get("content_hash"), i.get("bundle_hash")
-    if not b_hash or b_hash != i_hash:
+    try:
+        bundle_key = BundleKey.of(read_bundle_manifest(bundle, verify=False))
+        index_key = read_index_key(index)
+    except (BundleError, IndexFormatError) as e:
+        raise PairError(str(e)) from None
+    try:
+        check_compatible(index_key, bundle_key, Path(index))
+    except IndexMismatchError as e:
         raise PairError(
-            f"index {index} was built with bundle {str(i_hash)[:12]}, but bundle {bundle} is {str(b_hash)[:12]}: "
-            "rebuild the index with this bundle (`xlsearch index`) or serve the bundle it was built with"
-        )
-    if "dim" in i and "dim" in b and int(i["dim"]) != int(b["dim"]):
-        raise PairError(f"index {index} has dimension {i['dim']}, bundle {bundle} has {b['dim']}")
+            f"index {index} was built with bundle {index_key.bundle_hash[:12]}, but bundle {bundle} is "
+            f"{bundle_key.bundle_hash[:12]}: rebuild the index with this bundle (`xlsearch index`) or serve the "
+            f"bundle it was built with ({e})"
+        ) from None
 
 
 def load_engine(settings: ServerSettings) -> Engine:
