@@ -28,8 +28,8 @@ a3vse: setup  ## A3VSE sparse-annotation experiment (20/50/100% annotated) over 
 	$(VENV)/bin/xlsearch-train-a3vse --data data/tuxpaint --runs runs/a3vse --seeds 0,1,2 --backbone-runs runs/demo
 
 loadbench: setup  ## serving benchmarks: gRPC load + index scale-up (JSON in runs/loadbench/)
-	$(PY) -m xlsearch_bench.loadbench grpc --bundle runs/demo/bundle --index runs/demo/index --manifest data/tuxpaint --concurrency 1,8 --repeat 3 --out runs/loadbench/grpc.json
-	$(PY) -m xlsearch_bench.loadbench scale --bundle runs/demo/bundle --index runs/demo/index --manifest data/tuxpaint --queries 200 --onnx-threads 1 --e5-threads 1 --search-threads 1 --build-threads 1 --pq-polysemous off --out runs/loadbench/scale.json
+	$(PY) -m xlsearch_bench grpc --bundle runs/demo/bundle --index runs/demo/index --manifest data/tuxpaint --concurrency 1,8 --repeat 3 --out runs/loadbench/grpc.json
+	$(PY) -m xlsearch_bench scale --bundle runs/demo/bundle --index runs/demo/index --manifest data/tuxpaint --queries 200 --onnx-threads 1 --e5-threads 1 --search-threads 1 --build-threads 1 --pq-polysemous off --out runs/loadbench/scale.json
 
 test: setup  ## the test suite (what CI runs)
 	$(PY) -m pytest -q --durations=10

@@ -1,4 +1,5 @@
-"""Smoke tests of the load/scale benchmark command (`xlsearch_bench.loadbench`): tiny sizes, no timing assertions."""
+"""Smoke tests of the load/scale benchmark command (`xlsearch loadbench`, `python -m xlsearch_bench`) and its
+parts: tiny sizes, no timing assertions."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ import numpy as np
 import pytest
 from server_support import ScriptedEngine, ServerThread, test_settings
 
-from xlsearch_bench import loadbench as lb
+from xlsearch_bench.cli import main as loadbench_main
+from xlsearch_bench.cli import parse_size
+from xlsearch_bench.prometheus import histogram_quantile
+from xlsearch_bench.queries import load_queries
+from xlsearch_bench.server_process import ServerConfig
+from xlsearch_bench.synthetic import Synthetic, TopK
 
 QUERIES = [
     "一只猫",
@@ -32,26 +38,22 @@ def queries_file(tmp_path: Path) -> Path:
 
 
 def test_helpers() -> None:
-    assert lb.parse_size("real") == "real"
-    assert (
-        lb.parse_size("100k") == 100_000
-        and lb.parse_size("1m") == 1_000_000
-        and lb.parse_size("2500") == 2500
-    )
-    cfg = lb.ServerConfig.parse("tuned:onnx_threads=1,OMP_NUM_THREADS=1")
+    assert parse_size("real") == "real"
+    assert parse_size("100k") == 100_000 and parse_size("1m") == 1_000_000 and parse_size("2500") == 2500
+    cfg = ServerConfig.parse("tuned:onnx_threads=1,OMP_NUM_THREADS=1")
     assert (cfg.name, cfg.settings, cfg.env) == ("tuned", {"onnx_threads": "1"}, {"OMP_NUM_THREADS": "1"})
-    assert lb.ServerConfig.parse("default:").settings == {}
+    assert ServerConfig.parse("default:").settings == {}
     # cumulative buckets {le: count}: 10 observations in (0, 1], 10 in (1, 2]
-    assert lb.histogram_quantile({1.0: 10, 2.0: 20, float("inf"): 20}, 0.5) == pytest.approx(1.0)
-    assert lb.histogram_quantile({1.0: 10, 2.0: 20, float("inf"): 20}, 0.75) == pytest.approx(1.5)
+    assert histogram_quantile({1.0: 10, 2.0: 20, float("inf"): 20}, 0.5) == pytest.approx(1.0)
+    assert histogram_quantile({1.0: 10, 2.0: 20, float("inf"): 20}, 0.75) == pytest.approx(1.5)
     with pytest.raises(ValueError):
-        lb.load_queries()
+        load_queries()
 
 
 def test_topk_matches_brute_force() -> None:
     rng = np.random.default_rng(1)
     scores = rng.standard_normal((4, 1000)).astype(np.float32)
-    top = lb.TopK(4, 10)
+    top = TopK(4, 10)
     for start in range(0, 1000, 300):
         top.update(scores[:, start : start + 300], start)
     expected = np.argsort(-scores, axis=1, kind="stable")[:, :10]
@@ -62,13 +64,13 @@ def test_synthetic_rows_are_seeded_normalised_and_batching_free() -> None:
     rng = np.random.default_rng(0)
     img = rng.standard_normal((30, 16)).astype(np.float32)
     cap = rng.standard_normal((30, 8)).astype(np.float32)
-    gen = lb.Synthetic(img, cap, seed=3, spread=0.5, rank=8)
+    gen = Synthetic(img, cap, seed=3, spread=0.5, rank=8)
     a_img, a_cap = gen.rows(0, 25_000)
     b_img, b_cap = gen.rows(9_990, 10_020)  # straddles a block boundary
     assert np.array_equal(a_img[9_990:10_020], b_img) and np.array_equal(a_cap[9_990:10_020], b_cap)
     assert np.allclose(np.linalg.norm(a_img, axis=1), 1, atol=1e-5)
     assert np.allclose(np.linalg.norm(a_cap, axis=1), 1, atol=1e-5)
-    again, _ = lb.Synthetic(img, cap, seed=3, spread=0.5, rank=8).rows(0, 100)
+    again, _ = Synthetic(img, cap, seed=3, spread=0.5, rank=8).rows(0, 100)
     assert np.array_equal(again, a_img[:100])
 
 
@@ -77,7 +79,7 @@ def test_grpc_against_a_running_server(tmp_path: Path, queries_file: Path) -> No
     try:
         assert server.wait_ready(30)
         out = tmp_path / "grpc.json"
-        rc = lb.main(
+        rc = loadbench_main(
             [
                 "grpc",
                 "--target",
@@ -121,13 +123,12 @@ def tiny_pair(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> tu
     """(bundle, index folder): the session's tiny bundle and an index of 40 random unit vectors made for it, so
     neither this process nor the fixture runs an encoder (the commands under test run them in their own
     processes)."""
+    from xlsearch.bundle.manifest import load_bundle_manifest
     from xlsearch.index.image_index import BundleKey, ImageIndex, ImageMeta
 
     bundle = Path(tiny_bundle)
-    m = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
-    cl_space = m.get("fusion", {}).get("cl_space", "visual")
-    cl_dim = int(m["dim"]) if cl_space == "visual" else int(m.get("sentence_encoder", {}).get("dim", 384))
-    index = ImageIndex.create(BundleKey(m["content_hash"], int(m["dim"]), cl_space, cl_dim))
+    key = BundleKey.of(load_bundle_manifest(bundle))
+    index = ImageIndex.create(key)
     rng = np.random.default_rng(0)
 
     def unit(n: int, d: int) -> np.ndarray:
@@ -135,7 +136,7 @@ def tiny_pair(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> tu
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
     metas = [ImageMeta(f"img{i:02d}", captions=(f"caption {i}",)) for i in range(40)]
-    index.add(metas, unit(40, int(m["dim"])), unit(40, cl_dim))
+    index.add(metas, unit(40, key.dim), unit(40, key.cl_dim))
     folder = index.save(tmp_path_factory.mktemp("loadbench") / "index")
     return bundle, folder
 
@@ -143,7 +144,7 @@ def tiny_pair(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> tu
 def test_grpc_starts_a_real_server(tiny_pair: tuple[Path, Path], tmp_path: Path, queries_file: Path) -> None:
     bundle, index = tiny_pair
     out = tmp_path / "grpc.json"
-    rc = lb.main(
+    rc = loadbench_main(
         [
             "grpc",
             "--bundle",
@@ -174,7 +175,7 @@ def test_grpc_starts_a_real_server(tiny_pair: tuple[Path, Path], tmp_path: Path,
 
 
 def test_scale_tiny(tiny_pair: tuple[Path, Path], tmp_path: Path, queries_file: Path) -> None:
-    """`python -m xlsearch_bench.loadbench scale` in its own process (one thread per library, as recommended)."""
+    """`python -m xlsearch_bench scale` in its own process (one thread per library, as recommended)."""
     bundle, index = tiny_pair
     out = tmp_path / "scale.json"
     argv = [
@@ -246,12 +247,12 @@ def test_scale_tiny(tiny_pair: tuple[Path, Path], tmp_path: Path, queries_file: 
 
 
 def _scale(argv: list[str], out: Path) -> dict:
-    """Run `python -m xlsearch_bench.loadbench scale` in its own process; returns the JSON it wrote."""
+    """Run `python -m xlsearch_bench scale` in its own process; returns the JSON it wrote."""
     argv = list(argv)
     argv[argv.index("--out") + 1] = str(out)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "xlsearch_bench.loadbench", *argv],
+        [sys.executable, "-m", "xlsearch_bench", *argv],
         env=env,
         capture_output=True,
         text=True,
@@ -272,9 +273,24 @@ def test_grpc_with_writers_interleaves_idle_and_loaded_levels(
     out = tmp_path / "writers.json"
     argv = ["grpc", "--bundle", str(bundle), "--index", str(index), "--manifest", str(tiny_manifest)]
     argv += ["--concurrency", "1", "--requests", "15", "--with-writers", "1", "--writer-images", "4"]
-    assert lb.main([*argv, "--out", str(out)]) == 0
+    assert loadbench_main([*argv, "--out", str(out)]) == 0
     result = json.loads(out.read_text(encoding="utf-8"))
     assert [(s["writers"], s["requests"], s["errors"]) for s in result["summary"]] == [(0, 15, 0), (1, 15, 0)]
     loaded = result["summary"][1]
     assert loaded["writer_images_per_second"] > 0 and loaded["writer_errors"] == 0
+    assert (index / "manifest.json").read_bytes() == before
+
+
+def test_safety_probe_on_a_fresh_server(tiny_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """`python -m xlsearch_bench.safety`: one probe on its own server (metrics off, address-space limit, an extra
+    serve argument), the peak read from /proc; the index given is copied, never written."""
+    from xlsearch_bench import safety
+
+    bundle, index = tiny_pair
+    before = (index / "manifest.json").read_bytes()
+    out = tmp_path / "safety.json"
+    argv = ["--bundle", str(bundle), "--index", str(index), "--probes", "1", "--out", str(out)]
+    assert safety.main([*argv, "--server-arg=--onnx-threads", "--server-arg=1"]) == 0
+    (r,) = json.loads(out.read_text(encoding="utf-8"))["results"]
+    assert r["probe"] == "Tag 1x1000 PNG" and r["status"] != "SERVER DIED" and r["rss_before_mib"] > 0
     assert (index / "manifest.json").read_bytes() == before

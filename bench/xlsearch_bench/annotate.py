@@ -10,7 +10,6 @@ per call kind: p50 / p95 / p99 over count x repeat calls, after one unrecorded w
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +19,8 @@ import grpc
 
 from xlsearch.v1 import search_pb2 as pb
 from xlsearch.v1 import search_pb2_grpc as pb_grpc
-from xlsearch_bench.loadbench import machine_info, summary_ms, table
+from xlsearch_bench.machine import machine_info
+from xlsearch_bench.report import summary_ms, table, write_json
 
 
 def calls(stub: Any, timeout: float) -> dict[str, Callable[[bytes], Any]]:
@@ -83,8 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     print(table(["call", "n", "p50 ms", "p95 ms", "p99 ms"], rows))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1), encoding="utf-8")
+        write_json(Path(args.out), result)
     return 0
 
 

@@ -5,25 +5,24 @@ port with a copy of the index (AddImages changes it); once it reports SERVING, t
 read from /proc/<pid>/status: its high-water mark is reset first (/proc/<pid>/clear_refs), so the figure is the
 peak above the loaded, warmed-up server, not the load itself. Probes: Tag with a 1x1000 PNG (81 bytes), Tag with a
 1x4000 PNG, Tag with a 30000x30000 PNG decompression bomb (107 KB), Tag with a 9000x9000 1-bit PNG, and one
-AddImages stream of eight such PNGs (10 KB each here: zlib level 9; PIL writes the same pixels in 21 KB). The server gets an address-space limit (--max-server-mib) so a probe that explodes fails instead of
-taking the machine.
+AddImages stream of eight such PNGs (10 KB each here: zlib level 9; PIL writes the same pixels in 21 KB). The
+server gets an address-space limit (--max-server-mib) so a probe that explodes fails instead of taking the machine.
+The server is started and stopped by ``server_process.ServerProcess`` (metrics off, the cache setting left alone).
 
     python -m xlsearch_bench.safety --bundle B --index I --out safety.json
-    PYTHONPATH=/path/to/old/checkout python xlsearch/safety_bench.py --bundle B --index I   # the code before
+    # the code before: an older checkout's server (absolute B and I: the server runs in that checkout)
+    python -m xlsearch_bench.safety --bundle B --index I --server-command "env -C /old python -m xlsearch.server.cli"
 
-The script imports nothing from xlsearch but the generated protobuf modules, so it runs against older code too.
+The script imports nothing from the core but the generated protobuf modules, so the server it measures may be
+older code.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import resource
 import shutil
-import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,10 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from xlsearch.v1 import search_pb2 as pb
 from xlsearch.v1 import search_pb2_grpc as pb_grpc
+from xlsearch_bench.machine import proc_status, reset_peak
+from xlsearch_bench.report import write_json
+from xlsearch_bench.server_process import ServerConfig, ServerProcess
 
 MiB = 1 << 20
 
@@ -87,95 +88,36 @@ def call(stub: Any, rpc: str, images: list[bytes], timeout: float) -> tuple[str,
     return "OK", ""
 
 
-# -- the server process ---------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS, VmHWM, VmSize of a process, in bytes."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "VmSize"):
-                out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-def reset_peak(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-class Server:
-    """`xlsearch serve` in a subprocess on 127.0.0.1:<free port>; the environment (PYTHONPATH) is inherited."""
-
-    def __init__(self, bundle: Path, index: Path, log: Path, max_mib: int, extra: list[str]) -> None:
-        self.port = free_port()
-        argv = [sys.executable, "-m", "xlsearch_server.cli", "--bundle", str(bundle), "--index", str(index)]
-        argv += ["--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", "none", *extra]
-
-        def limit() -> None:
-            if max_mib > 0:
-                resource.setrlimit(resource.RLIMIT_AS, (max_mib * MiB, max_mib * MiB))
-
-        self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=limit)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-
-    def wait_serving(self, timeout: float) -> None:
-        health = health_pb2_grpc.HealthStub(self.channel)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with status {self.proc.returncode} (see {self.log.name})")
-            try:
-                status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.25)
-        raise TimeoutError(f"server not SERVING after {timeout:.0f} s (see {self.log.name})")
-
-    def stop(self) -> None:
-        self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
 def run_probe(probe: Probe, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     name, make, rpc = probe
     images = make()
     index = work / "index"
     shutil.rmtree(index, ignore_errors=True)
     shutil.copytree(args.index, index)  # AddImages changes (and saves) the index it serves
-    server = Server(args.bundle, index, work / "server.log", args.max_server_mib, args.server_arg)
+    settings = {"metrics_port": "none", **({"command": args.server_command} if args.server_command else {})}
+    server = ServerProcess(
+        args.bundle,
+        index,
+        ServerConfig("safety", settings),
+        work,
+        cache_ttl=None,
+        extra_args=args.server_arg,
+        max_address_space_mib=args.max_server_mib,
+    )
     try:
-        server.wait_serving(args.start_timeout)
-        stub = pb_grpc.ImageSearchStub(server.channel)
-        warm = call(stub, "tag", [tiny_png()], args.timeout)  # first-call allocations are not the probe's
-        pid = server.proc.pid
-        reset = reset_peak(pid)
-        before = proc_status(pid)
-        t0 = time.perf_counter()
-        status, details = call(stub, rpc, images, args.timeout)
-        seconds = time.perf_counter() - t0
-        alive = server.proc.poll() is None
-        after = proc_status(pid) if alive else {}
+        server.start(args.start_timeout)
+        assert server.proc is not None
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.ImageSearchStub(channel)
+            warm = call(stub, "tag", [tiny_png()], args.timeout)  # first-call allocations are not the probe's
+            pid = server.proc.pid
+            reset = reset_peak(pid)
+            before = proc_status(pid)
+            t0 = time.perf_counter()
+            status, details = call(stub, rpc, images, args.timeout)
+            seconds = time.perf_counter() - t0
+            alive = server.proc.poll() is None
+            after = proc_status(pid) if alive else {}
     finally:
         server.stop()
     base = before["VmRSS"] if reset else before["VmHWM"]
@@ -222,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         "--max-server-mib", type=int, default=8192, help="server address-space limit (RLIMIT_AS; 0 = none)"
     )
     p.add_argument("--server-arg", action="append", default=[], help="extra `xlsearch serve` argument")
+    p.add_argument(
+        "--server-command",
+        help="the server command instead of `python -m xlsearch_server.cli`, e.g. an older checkout's",
+    )
     args = p.parse_args(argv)
     for folder in (args.bundle, args.index):
         if not (folder / "manifest.json").is_file():
@@ -250,10 +196,11 @@ def main(argv: list[str] | None = None) -> int:
             "index": str(args.index),
             "python": platform.python_version(),
             "max_server_mib": args.max_server_mib,
+            **({"server_command": args.server_command} if args.server_command else {}),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "results": results,
         }
-        args.out.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+        write_json(args.out, report)
     return 0
 
 

@@ -13,7 +13,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WriterLoad"]
+__all__ = ["WriterLoad", "writer_images"]
+
+
+def writer_images(manifest: str | None) -> list[Path]:
+    """Real images for the write load: the manifest's files."""
+    if not manifest:
+        return []
+    from xlsearch.data.manifest import read_manifest
+
+    m = read_manifest(manifest)
+    return [m.image_path(r) for r in m.records]
 
 
 class WriterLoad:

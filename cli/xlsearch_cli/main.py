@@ -45,7 +45,7 @@ def _forward(command: str, argv: list[str]) -> int:
     elif command == "serve":
         from xlsearch_server.cli import main
     elif command == "loadbench":
-        from xlsearch_bench.loadbench import main
+        from xlsearch_bench.cli import main
     elif command in CLIENT_COMMANDS:
         try:
             from xlsearch_client.cli import main as client_main
