@@ -97,7 +97,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
         pytest.skip("tuxpaint-stamps-default is not installed (/usr/share/tuxpaint/stamps)")
     pytest.importorskip("torch")
     from xlsearch.data.datasets.tuxpaint import convert_tuxpaint
-    from xlsearch_training.pipeline import main as pipeline_main
+    from xlsearch_training.w2vv.pipeline import main as pipeline_main
 
     root = tmp_path_factory.mktemp("tiny")
     data, runs = root / "data", root / "runs"
@@ -181,10 +181,10 @@ def tiny_annotated_bundle(tiny_run: TinyRun, tiny_bundle: Path, tiny_features: T
     from xlsearch.bundle.components import attach_component
     from xlsearch.bundle.runtime import Bundle
     from xlsearch.data.manifest import read_manifest
-    from xlsearch_training.captioning.cli import train_captioner_component
-    from xlsearch_training.captioning.train import CaptionerConfig
+    from xlsearch_training.captioning.component import train_captioner_component
+    from xlsearch_training.captioning.config import CaptionerConfig
     from xlsearch_training.tagging.component import train_tagger_component
-    from xlsearch_training.tagging.train import TaggerConfig
+    from xlsearch_training.tagging.config import TaggerConfig
 
     out = tiny_run.runs / "annotated_bundle"
     if (out / "manifest.json").exists():

@@ -18,6 +18,7 @@ from xlsearch.data.manifest import Record, read_manifest, write_manifest
 from xlsearch.encode.onnx import make_session
 from xlsearch.eval.benchmark import image_to_text_ranks
 from xlsearch_training.a3vse.bundle_writer import export_a3vse_text_encoder, text_input_names
+from xlsearch_training.a3vse.config import A3VSETrainConfig
 from xlsearch_training.a3vse.losses import domain_loss, hardest_negative_triplet
 from xlsearch_training.a3vse.model import (
     A3VSEImageEncoder,
@@ -31,14 +32,13 @@ from xlsearch_training.a3vse.model import (
 )
 from xlsearch_training.a3vse.regions import RegionStore, build_region_extractor
 from xlsearch_training.a3vse.train import (
-    A3VSETrainConfig,
     Annotated,
     Queries,
     Unannotated,
     train_a3vse,
     train_text_into,
 )
-from xlsearch_training.export_image import FEATURE_NAME, OUTPUT_NAME, compare_with_onnx, export_image_encoder
+from xlsearch_training.export import FEATURE_NAME, OUTPUT_NAME, compare_with_onnx, export_image_encoder
 
 TINY = A3VSEModelConfig(region_dim=1280, hidden=16, heads=3, context_dim=8, word_dim=8, disc_hidden=8)
 
@@ -358,7 +358,8 @@ def test_experiment_cli_trains_benchmarks_and_resumes(synthetic, tmp_path):
 
 # -- in-domain tag concepts ---------------------------------------------------------------------------------------
 def test_tag_concepts_are_thresholded_deduplicated_and_sorted_by_confidence():
-    from xlsearch_training.a3vse.semantics import TagConceptConfig, rank_tag_concepts
+    from xlsearch_training.a3vse.config import TagConceptConfig
+    from xlsearch_training.a3vse.semantics import rank_tag_concepts
 
     pooled = np.array([[0.1, 0.9, 0.4, 0.05]])
     windows = np.array([[[0.6, 0.1, 0.2, 0.7], [0.55, 0.95, 0.0, 0.0]]])
@@ -377,7 +378,8 @@ def test_tag_concepts_are_thresholded_deduplicated_and_sorted_by_confidence():
 
 def test_tag_semantics_come_from_a_classifier_of_the_annotated_images_only(monkeypatch):
     import xlsearch_training.tagging.train as tagging_train
-    from xlsearch_training.a3vse.semantics import TagConceptConfig, build_tag_semantics, region_windows
+    from xlsearch_training.a3vse.config import TagConceptConfig
+    from xlsearch_training.a3vse.semantics import build_tag_semantics, region_windows
 
     seen: dict[str, object] = {}
     real_fit = tagging_train.fit_tagger

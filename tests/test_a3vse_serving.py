@@ -26,9 +26,9 @@ def a3vse_bundle(tuxpaint_subset, tmp_path_factory: pytest.TempPathFactory) -> t
     """(manifest folder, bundle folder): a one-epoch A3VSE on the session's real stamp subset."""
     from xlsearch.encode.text import tokenizer_for
     from xlsearch_training.a3vse.bundle_writer import write_a3vse_bundle
+    from xlsearch_training.a3vse.config import A3VSETrainConfig
     from xlsearch_training.a3vse.regions import build_region_extractor, extract_regions
     from xlsearch_training.a3vse.train import (
-        A3VSETrainConfig,
         Annotated,
         Queries,
         TrainedA3VSE,

@@ -18,7 +18,7 @@ from xlsearch_training.backbones import (  # noqa: E402
     EfficientNetLite0Backbone,
     build_backbone,
 )
-from xlsearch_training.export_image import ImageEncoderHead, compare_with_onnx, export_image_encoder  # noqa: E402
+from xlsearch_training.export import ImageEncoderHead, compare_with_onnx, export_image_encoder  # noqa: E402
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 FROG, BEAR, OSTRICH = (

@@ -120,7 +120,7 @@ def test_beam_search_max_len_and_no_repeat() -> None:
 @pytest.fixture(scope="module")
 def tiny_split(tiny_run):
     from xlsearch.data.manifest import read_manifest
-    from xlsearch_training.pipeline import ensure_backbone, image_vectors
+    from xlsearch_training.inputs import ensure_backbone, image_vectors
 
     backbone = ensure_backbone(tiny_run.runs, {"kind": "efficientnet_lite0"}, "center")
     split = read_manifest(tiny_run.runs / "splits" / "seed0")
@@ -133,9 +133,11 @@ def tiny_split(tiny_run):
 
 @pytest.mark.parametrize("strategy", ["monolingual", "tags"])
 def test_onnx_decoding_matches_pytorch(tiny_split, tmp_path: Path, strategy: str) -> None:
-    from xlsearch_training.captioning.cli import split_data
+    from xlsearch_training.captioning.config import CaptionerConfig
+    from xlsearch_training.captioning.decode import decode
     from xlsearch_training.captioning.export import write_captioner
-    from xlsearch_training.captioning.train import CaptionerConfig, decode, train_strategy
+    from xlsearch_training.captioning.inputs import split_data
+    from xlsearch_training.captioning.train import train_strategy
 
     torch.set_num_threads(1)
     split, features, input_feature = tiny_split
@@ -186,9 +188,10 @@ def test_onnx_decoding_matches_pytorch(tiny_split, tmp_path: Path, strategy: str
 
 
 def test_captioner_rejects_bad_input(tiny_split, tmp_path: Path) -> None:
+    from xlsearch_training.captioning.config import CaptionerConfig
     from xlsearch_training.captioning.export import write_captioner
     from xlsearch_training.captioning.model import ShowAndTell
-    from xlsearch_training.captioning.train import CaptionerConfig, Trained
+    from xlsearch_training.captioning.train import Trained
 
     _, _, input_feature = tiny_split
     vocab = build_caption_vocab([["一只", "青蛙"]])
@@ -263,7 +266,9 @@ def test_experiment_cli_end_to_end(tiny_run, tmp_path: Path) -> None:
 
 def test_training_is_reproducible() -> None:
     """Same seed, same weights and history, whatever ran before (the initial weights are seeded too)."""
-    from xlsearch_training.captioning.train import CaptionerConfig, SplitData, train_strategy
+    from xlsearch_training.captioning.config import CaptionerConfig
+    from xlsearch_training.captioning.inputs import SplitData
+    from xlsearch_training.captioning.train import train_strategy
 
     rng = np.random.default_rng(0)
     sentences = ["一只青蛙。", "一只红色的鸟。", "字母Ａ。", "一辆消防车。", "一只猫。", "一朵花。"]

@@ -17,7 +17,10 @@ from xlsearch.bundle.tagger import Tagger, TagInputError, TagScore, UnknownTagEr
 from xlsearch.data.manifest import Manifest, Record  # noqa: E402
 from xlsearch.encode.tag_vocab import extract_image_tags  # noqa: E402
 from xlsearch_training.tagging.component import train_tagger_component  # noqa: E402
-from xlsearch_training.tagging.train import TaggerConfig, evaluate_modes, fit_tagger, tag_data  # noqa: E402
+from xlsearch_training.tagging.config import TaggerConfig  # noqa: E402
+from xlsearch_training.tagging.data import tag_data  # noqa: E402
+from xlsearch_training.tagging.evaluate import evaluate_modes  # noqa: E402
+from xlsearch_training.tagging.train import fit_tagger  # noqa: E402
 
 DIM = 24
 TAGS = [("狗", "dog"), ("猫", "cat"), ("鸟", "bird"), ("树", "tree"), ("船", "boat")]

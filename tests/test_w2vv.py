@@ -12,14 +12,14 @@ ort = pytest.importorskip("onnxruntime")
 
 import torch.nn.functional as F  # noqa: E402
 
-from xlsearch_training.export_text import export_text_encoder  # noqa: E402
-from xlsearch_training.losses import (  # noqa: E402
+from xlsearch_training.w2vv.losses import (  # noqa: E402
     contrastive_loss,
     infonce_loss,
     mse_loss,
     vse_hardest_negative_loss,
 )
-from xlsearch_training.w2vv import TextEncoderConfig, W2VVTextEncoder, build_text_encoder  # noqa: E402
+from xlsearch_training.w2vv.model import TextEncoderConfig, W2VVTextEncoder, build_text_encoder  # noqa: E402
+from xlsearch_training.w2vv.text_export import export_text_encoder  # noqa: E402
 
 V = 40
 

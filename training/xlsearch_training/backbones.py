@@ -10,14 +10,15 @@ Two implementations behind one interface, chosen by a JSON-able `BackboneConfig`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torchvision import transforms as T
 
 from xlsearch.encode.preprocess import PreprocessConfig
+from xlsearch_training.config import Config
 
 __all__ = [
     "BackboneConfig",
@@ -54,23 +55,15 @@ def torchvision_transform(cfg: PreprocessConfig) -> T.Compose:
 
 
 @dataclass
-class BackboneConfig:
+class BackboneConfig(Config):
     """kind: "efficientnet_lite0" | "open_clip". pretrained: "imagenet" (packaged weights) / None / a .pth path for
     EfficientNet-Lite0; an open_clip tag / local checkpoint / None for open_clip."""
+
+    config_name: ClassVar[str] = "backbone"
 
     kind: str = "efficientnet_lite0"
     model_name: str = "efficientnet-lite0"
     pretrained: str | None = "imagenet"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BackboneConfig:
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown BackboneConfig keys: {sorted(unknown)}")
-        return cls(**d)
 
 
 class ImageBackbone(nn.Module):

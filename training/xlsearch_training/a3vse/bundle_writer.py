@@ -1,4 +1,4 @@
-"""Write an A3VSE bundle in the same format as the W2VV bundle (xlsearch/bundle.py), so the indexer, server and
+"""Write an A3VSE bundle in the same format as the W2VV bundle (``w2vv.bundle_writer``), so the indexer, server and
 benchmark load it unchanged:
 
 - image_encoder.onnx: `pixels` -> `embedding` (regions -> FC -> attentive encoder -> L2-normalised, K*H-d) and
@@ -20,11 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from xlsearch.bundle.manifest import write_bundle_manifest
+from xlsearch_training.a3vse.config import A3VSETrainConfig
 from xlsearch_training.a3vse.model import A3VSEImageEncoder, TextEncoder
 from xlsearch_training.a3vse.regions import RegionExtractor
-from xlsearch_training.a3vse.train import A3VSETrainConfig, TrainedA3VSE
-from xlsearch_training.bundle_writer import runtime_versions
-from xlsearch_training.export_image import FEATURE_NAME, OUTPUT_NAME, export_image_encoder
+from xlsearch_training.a3vse.train import TrainedA3VSE
+from xlsearch_training.export import FEATURE_NAME, OUTPUT_NAME, export_image_encoder, runtime_versions
 
 TEXT_INPUTS = ("token_ids", "lengths")
 SENTENCE_INPUT = "sentence_embedding"

@@ -19,14 +19,15 @@ attended LSTM output before the L2 normalisation ("fused") or used alone ("sente
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xlsearch.encode.text import PAD_ID
+from xlsearch_training.config import Config
 
 _NEG = -1e9
 TEXT_MODES = ("lstm", "fused", "sentence_only")
@@ -42,7 +43,9 @@ DOMAIN_PAIRS: tuple[tuple[str, str, str, str], ...] = (
 
 
 @dataclass
-class A3VSEModelConfig:
+class A3VSEModelConfig(Config):
+    config_name: ClassVar[str] = "A3VSE model"
+
     region_dim: int = 1280
     hidden: int = 512  # H
     heads: int = 3  # K
@@ -74,13 +77,6 @@ class A3VSEModelConfig:
     @property
     def lam(self) -> float:
         return self.temperature or 1.0 / math.sqrt(self.context_dim)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> A3VSEModelConfig:
-        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
 
 
 def valid_mask(token_ids: Tensor, lengths: Tensor) -> Tensor:

@@ -36,24 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-IMAGENET_SEMANTICS = ("regional", "global")
-TAG_SEMANTICS = ("tag_regional", "tag_global")
-SEMANTICS = (*IMAGENET_SEMANTICS, *TAG_SEMANTICS, "none")
-
-
-@dataclass
-class SemanticsConfig:
-    kind: str = "regional"  # "regional" | "global" | "none" (the ImageNet kinds; tag kinds: TagConceptConfig)
-    top_k_pooled: int = 3  # regional: concepts from the pooled vector
-    top_k_region: int = 1  # regional: concepts per region cell
-    top_k_global: int = 5  # global: image-level top-k
-    min_confidence: float = 0.05  # softmax probability floor (pooled / global concepts)
-    min_region_confidence: float = 0.2  # floor for a single cell's concept (cells are noisier than the pool)
-    max_concepts: int = 8
-
-    def __post_init__(self) -> None:
-        if self.kind not in SEMANTICS:
-            raise ValueError(f"semantics kind must be one of {SEMANTICS}, got {self.kind!r}")
+from xlsearch_training.a3vse.config import SemanticsConfig, TagConceptConfig
+from xlsearch_training.tagging.config import TaggerConfig
 
 
 def _add_top(best: dict[int, float], probs: torch.Tensor, k: int, floor: float) -> None:
@@ -174,35 +158,6 @@ def build_semantics(
 
 
 # -- in-domain concepts: a tag classifier trained on the run's annotated images ---------------------------------
-def _default_tagger() -> dict[str, Any]:
-    # zh-only MLP; no epoch selection on validation (the classifier sees the annotated training images only)
-    return {"model": "mlp", "epochs": 40, "select_on_val": False, "vocab": {"zh_min_count": 2}}
-
-
-@dataclass
-class TagConceptConfig:
-    kind: str = "tag_regional"  # "tag_regional" | "tag_global"
-    tagger: dict[str, Any] = field(default_factory=_default_tagger)  # TaggerConfig fields
-    region_grid: int = 3  # regional: grid x grid overlapping windows of region cells
-    top_k_pooled: int = 5  # concepts from the pooled feature (both kinds)
-    top_k_region: int = 2  # regional: concepts per window
-    min_probability: float = 0.3  # sigmoid probability floor (pooled)
-    min_region_probability: float = 0.5  # floor for a window's concept (windows are noisier than the pool)
-    max_concepts: int = 8
-    min_concepts: int = 0  # keep at least this many pooled top concepts even below the floor
-
-    def __post_init__(self) -> None:
-        if self.kind not in TAG_SEMANTICS:
-            raise ValueError(f"tag concept kind must be one of {TAG_SEMANTICS}, got {self.kind!r}")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TagConceptConfig:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown tag concept option(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
-
-
 def _l2(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
@@ -271,7 +226,7 @@ def fit_concept_tagger(
     """The zh tag classifier of one run: a manifest of the annotated training records only (no val/test, so no
     epoch selection), their pooled features only."""
     from xlsearch.data.manifest import Manifest
-    from xlsearch_training.tagging.train import TaggerConfig, fit_tagger
+    from xlsearch_training.tagging.train import fit_tagger  # looked up at call time (tests replace it)
 
     records = [dataclasses.replace(r, split="train") for r in annotated if r.id in features]
     feats = {r.id: features[r.id] for r in records}

@@ -13,8 +13,7 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 
 from xlsearch.encode.text import Vocab, encode_batch
 from xlsearch.eval.metrics import retrieval_metrics
+from xlsearch_training.a3vse.config import A3VSETrainConfig
 from xlsearch_training.a3vse.losses import domain_loss, hardest_negative_triplet, info_nce
 from xlsearch_training.a3vse.model import (
     A3VSE,
@@ -34,99 +34,6 @@ from xlsearch_training.a3vse.model import (
     grl_coefficient,
 )
 from xlsearch_training.a3vse.regions import RegionStore
-from xlsearch_training.a3vse.semantics import SEMANTICS
-
-ADVERSARIAL_GROUPS = ("intra", "cross", "trans")
-# Sec. 4.3
-SENTENCE_BRANCHES = ("none", "fused", "sentence_only")
-DEFAULT_LAMBDAS = {"v_vu": 0.2, "t_s": 0.1, "v_t": 0.5, "vu_s": 0.5, "v_s": 0.3, "vu_t": 0.3}
-
-
-@dataclass
-class A3VSETrainConfig:
-    """Hyper-parameters (defaults: the paper's Sec. 4.3 where it gives them)."""
-
-    hidden: int = 512
-    heads: int = 3
-    context_dim: int = 512
-    temperature: float = 0.0
-    word_dim: int = 300
-    disc_hidden: int = 256
-    # which concept sequences pair with D^u: "regional" | "global" (ImageNet), "tag_regional" | "tag_global" (the
-    # run's tag classifier) | "none"
-    semantics: str = "regional"
-    adversarial: list[str] = field(default_factory=lambda: list(ADVERSARIAL_GROUPS))
-    lambdas: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LAMBDAS))
-    alpha_vt: float = 0.2
-    alpha_vs: float = 0.3
-    beta: float = 0.8
-    eta: float = 10.0
-    epochs: int = 24
-    lr: float = 5e-4
-    lr_low: float = 5e-5
-    lr_drop_epoch: int = 16
-    weight_decay: float = 1e-6
-    grad_clip: float = 2.0
-    batch_size: int = 128
-    unannotated_batch_size: int = 128
-    steps_per_epoch: int = 0  # 0: one pass over the annotated images, but at least min_steps_per_epoch
-    min_steps_per_epoch: int = 1
-    max_len: int = 32
-    min_count: int = 1
-    en_epochs: int = 10
-    # semantic triplet negatives: "all" in-batch images (Eq. 2), or "distinct": not the images whose concept sequence
-    # is identical to the positive's (many un-annotated images share one, e.g. a single frequent tag)
-    semantic_negatives: str = "all"
-    # "random" (Xavier-like default) or "sentence_encoder": word embeddings start from the pretrained multilingual
-    # sentence encoder's vector of each vocabulary token (the paper starts from GloVe; word_dim must equal its dim)
-    word_init: str = "random"
-    # the frozen pretrained sentence embedding of each text (sentences and concept sequences) in G^t: "none",
-    # "fused" (projected and added to the attentive LSTM output) or "sentence_only"
-    sentence_branch: str = "none"
-    # the alignment terms of Eq. 3: "triplet" (Eq. 2, hardest in-batch negatives, the paper) or "infonce"
-    alignment_loss: str = "triplet"
-    infonce_temperature: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.alignment_loss not in ("triplet", "infonce"):
-            raise ValueError(f"alignment_loss must be triplet or infonce, got {self.alignment_loss!r}")
-        if self.sentence_branch not in SENTENCE_BRANCHES:
-            raise ValueError(
-                f"sentence_branch must be one of {SENTENCE_BRANCHES}, got {self.sentence_branch!r}"
-            )
-        unknown = set(self.adversarial) - set(ADVERSARIAL_GROUPS)
-        if unknown:
-            raise ValueError(f"unknown adversarial groups {sorted(unknown)}; expected {ADVERSARIAL_GROUPS}")
-        if self.word_init not in ("random", "sentence_encoder"):
-            raise ValueError(f"word_init must be random or sentence_encoder, got {self.word_init!r}")
-        if self.semantic_negatives not in ("all", "distinct"):
-            raise ValueError(f"semantic_negatives must be all or distinct, got {self.semantic_negatives!r}")
-        if self.semantics not in SEMANTICS:
-            raise ValueError(f"semantics must be one of {SEMANTICS}, got {self.semantics!r}")
-
-    @property
-    def uses_sentence(self) -> bool:
-        return self.sentence_branch != "none"
-
-    def model_config(self, region_dim: int, sentence_dim: int = 0) -> A3VSEModelConfig:
-        return A3VSEModelConfig(
-            region_dim=region_dim,
-            hidden=self.hidden,
-            heads=self.heads,
-            context_dim=self.context_dim,
-            temperature=self.temperature,
-            word_dim=self.word_dim,
-            disc_hidden=self.disc_hidden,
-            sentence_dim=sentence_dim if self.uses_sentence else 0,
-            text_mode="lstm" if not self.uses_sentence else self.sentence_branch,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> A3VSETrainConfig:
-        return cls(**d)
 
 
 @dataclass

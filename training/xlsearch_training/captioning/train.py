@@ -13,10 +13,8 @@ Every fit keeps the epoch with the best CIDEr-D (greedy decoding) on the validat
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,78 +22,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from xlsearch.bundle.captioner import beam_search
 from xlsearch.encode.text import Vocab
-from xlsearch.eval.caption_metrics import score_captions
+from xlsearch_training.captioning.config import STRATEGIES, CaptionerConfig
 from xlsearch_training.captioning.corpora import Sentences
+from xlsearch_training.captioning.decode import Evaluator, decode, join_tokens
+from xlsearch_training.captioning.inputs import SplitData
 from xlsearch_training.captioning.model import ShowAndTell
 from xlsearch_training.captioning.tags import TagInputs
-from xlsearch_training.captioning.vocab import (
-    BOS_ID,
-    EOS_ID,
-    build_caption_vocab,
-    encode_caption,
-    segment_all,
-)
-
-STRATEGIES = ("monolingual", "transfer", "sequential", "tags")
-
-
-@dataclass
-class CaptionerConfig:
-    word_dim: int = 512
-    hidden: int = 512  # LSTM size (COCO-CN: 512)
-    dropout: float = 0.5
-    feature_scale: float = 1.0  # image vectors are multiplied by this before W_im
-    min_count: int = 2  # words seen fewer times in the training sentences become <unk>
-    max_len: int = 20  # words per training sentence and per generated sentence
-    batch_size: int = 64
-    epochs: int = 30
-    lr: float = 5e-4  # Adam, decayed by lr_decay every decay_every epochs (COCO-CN)
-    lr_decay: float = 0.8
-    decay_every: int = 3
-    weight_decay: float = 0.0
-    grad_clip: float = 5.0
-    sequential_lr: float = 5e-5  # Sequential Learning, stage B
-    sequential_epochs: int = 30
-    beam_size: int = 3  # test-time decoding
-    length_penalty: float = 1.0  # finished hypotheses rank by log-prob / length ** length_penalty
-    stamps_root: str = (
-        "/usr/share/tuxpaint/stamps"  # Tux Paint: corpus A (zh_TW descriptions) of Sequential Learning
-    )
-    tag_min_count: int = 2
-    tag_predictor: str = "tagger"  # test-time tags: "tagger" (xlsearch_training.tagging) or "knn"
-    tagger: dict[str, Any] = field(default_factory=dict)  # TaggerConfig overrides for the tagger
-    tag_neighbours: int = 10
-    strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
-    serve: str = "best"  # the strategy of the served captioner ("best": best val CIDEr-D without tag input)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CaptionerConfig:
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown captioner option(s): {', '.join(sorted(unknown))}")
-        cfg = cls(**data)
-        if cfg.tag_predictor not in ("tagger", "knn"):
-            raise ValueError(f"tag_predictor must be 'tagger' or 'knn', got {cfg.tag_predictor!r}")
-        bad = [s for s in cfg.strategies if s not in STRATEGIES]
-        if bad:
-            raise ValueError(f"unknown strategy {bad}; expected some of {', '.join(STRATEGIES)}")
-        return cfg
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class SplitData:
-    """Everything one seeded split offers the strategies. Sentences are raw (segmented where needed)."""
-
-    features: dict[str, np.ndarray]  # image id -> backbone vector
-    zh: dict[str, Sentences]  # split -> image id -> Chinese sentences
-    en: dict[str, Sentences]
-    corpus_a: Sentences | None = None  # Sequential Learning corpus A (training images only)
-    tags: TagInputs | None = None
+from xlsearch_training.captioning.vocab import build_caption_vocab, encode_caption, segment_all
 
 
 @dataclass
@@ -119,95 +53,6 @@ class Trained:
         if true_tags:
             return [self.tag_inputs.true_tags[i] for i in ids]
         return self.tag_inputs.predictor.predict(features)
-
-
-def join_tokens(tokens: tuple[str, ...] | list[str], lang: str) -> str:
-    return ("" if lang == "zh" else " ").join(tokens)
-
-
-def torch_step(model: ShowAndTell) -> Callable:
-    """The model's decoding step as a numpy function (for the shared beam search)."""
-
-    def step(tokens: np.ndarray, h: np.ndarray, c: np.ndarray):
-        with torch.no_grad():
-            logp, h2, c2 = model.step(torch.from_numpy(tokens), torch.from_numpy(h), torch.from_numpy(c))
-        return logp.numpy(), h2.numpy(), c2.numpy()
-
-    return step
-
-
-@torch.no_grad()
-def decode(
-    model: ShowAndTell,
-    vocab: Vocab,
-    features: np.ndarray,
-    tags: np.ndarray | None = None,
-    beam_size: int = 1,
-    n_best: int = 1,
-    max_len: int = 20,
-    length_penalty: float = 1.0,
-    no_repeat_ngram: int = 0,
-    batch_size: int = 256,
-) -> list[list[tuple[tuple[str, ...], float]]]:
-    """PyTorch decoding through the same beam search the serving side runs: per image the n best (tokens, log-p)."""
-    was_training = model.training
-    model.eval()
-    out: list = []
-    try:
-        for start in range(0, len(features), batch_size):
-            f = torch.from_numpy(np.ascontiguousarray(features[start : start + batch_size], dtype=np.float32))
-            t = None if tags is None else torch.from_numpy(tags[start : start + batch_size])
-            h, c = model.init_state(f, t)
-            results = beam_search(
-                h.numpy(),
-                c.numpy(),
-                torch_step(model),
-                bos=BOS_ID,
-                eos=EOS_ID,
-                beam_size=beam_size,
-                n_best=n_best,
-                max_len=max_len,
-                no_repeat_ngram=no_repeat_ngram,
-                length_penalty=length_penalty,
-            )
-            out.extend([[(tuple(vocab.decode(ids)), lp) for ids, lp in hyps] for hyps in results])
-    finally:
-        model.train(was_training)
-    return out
-
-
-class Evaluator:
-    """CIDEr-D (and the other metrics) of a model's sentences for one split's images."""
-
-    def __init__(self, refs: Sentences, features: dict[str, np.ndarray], lang: str) -> None:
-        self.refs, self.lang = refs, lang
-        self.ids = sorted(refs)
-        self.features = np.stack([features[i] for i in self.ids]).astype(np.float32)
-
-    def sentences(
-        self,
-        trained_model: ShowAndTell,
-        vocab: Vocab,
-        tags: np.ndarray | None,
-        cfg: CaptionerConfig,
-        beam_size: int = 1,
-    ) -> dict[str, str]:
-        decoded = decode(
-            trained_model,
-            vocab,
-            self.features,
-            tags,
-            beam_size=beam_size,
-            max_len=cfg.max_len,
-            length_penalty=cfg.length_penalty,
-        )
-        return {
-            i: join_tokens(hyps[0][0], self.lang) if hyps else ""
-            for i, hyps in zip(self.ids, decoded, strict=True)
-        }
-
-    def scores(self, hyps: dict[str, str]) -> dict[str, float]:
-        return score_captions(self.refs, hyps, self.lang)
 
 
 def _batches(samples: list[tuple[int, list[int]]], batch_size: int, gen: torch.Generator):

@@ -25,22 +25,33 @@ from typing import Any
 import numpy as np
 import torch
 
-from xlsearch.data.manifest import Manifest, read_manifest, resplit_manifest
+from xlsearch.data.manifest import Manifest
 from xlsearch.encode.tag_vocab import extract_image_tags, image_tags_en
-from xlsearch_training.pipeline import ensure_backbone, ensure_dataset, image_vectors, slug
+from xlsearch_training.config import CONFIG_DIR
+from xlsearch_training.inputs import (
+    ensure_backbone,
+    ensure_dataset,
+    image_vectors,
+    parse_seeds,
+    seeded_split,
+    slug,
+)
 from xlsearch_training.tagging.component import train_tagger_component
+from xlsearch_training.tagging.config import TaggerConfig, TaggingExperiment
+from xlsearch_training.tagging.data import tag_data
+from xlsearch_training.tagging.evaluate import evaluate_modes
 from xlsearch_training.tagging.report import format_table
-from xlsearch_training.tagging.train import TaggerConfig, evaluate_modes, fit_tagger, tag_data
+from xlsearch_training.tagging.train import fit_tagger
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tagging_tuxpaint.json"
+DEFAULT_CONFIG = CONFIG_DIR / "tagging_tuxpaint.json"
 
 
 def load_features(
-    manifest: Manifest, features_from: Path, config: dict[str, Any], cache: Path | None = None
+    manifest: Manifest, features_from: Path, experiment: TaggingExperiment, cache: Path | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Backbone vectors of every image (by default from the retrieval pipeline's cache under ``features_from``)
     and the component's input feature spec."""
-    backbone = ensure_backbone(features_from, config["backbone"], config.get("crop", "center"))
+    backbone = ensure_backbone(features_from, experiment.backbone, experiment.crop)
     cache = cache or features_from / "cache" / "features"
     vectors = image_vectors(manifest, backbone.onnx, backbone.spec["preprocess"], cache)
     spec = {
@@ -52,13 +63,17 @@ def load_features(
 
 
 def english_extra(
-    runs: Path, features_from: Path, config: dict[str, Any], stamps_root: str | None, progress: bool = True
+    runs: Path,
+    features_from: Path,
+    experiment: TaggingExperiment,
+    stamps_root: str | None,
+    progress: bool = True,
 ) -> tuple[dict[str, list[str]], dict[str, np.ndarray]]:
     """{id: English tags} and features of the English-only Tux Paint stamps."""
     from xlsearch_training.tagging.english_only import DEFAULT_STAMPS_ROOT, english_only_stamps
 
     extra = english_only_stamps(runs / "english_only", Path(stamps_root or DEFAULT_STAMPS_ROOT), progress)
-    vectors, _ = load_features(extra, features_from, config, runs / "cache" / "features")
+    vectors, _ = load_features(extra, features_from, experiment, runs / "cache" / "features")
     return {r.id: image_tags_en(r) for r in extra.records if r.id in vectors}, vectors
 
 
@@ -124,34 +139,29 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    config = json.loads(Path(args.config).read_text(encoding="utf-8"))
+    experiment = TaggingExperiment.load(args.config)
     data, runs = Path(args.data), Path(args.runs)
     features_from = Path(args.features_from) if args.features_from else runs
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    models: dict[str, dict[str, Any]] = config["models"]
+    seeds = parse_seeds(args.seeds)
+    models = list(experiment.models)
     if args.models:
-        models = {name: models[name.strip()] for name in args.models.split(",")}
-    base = {**config.get("train", {}), "progress": not args.no_progress}
+        models = [name.strip() for name in args.models.split(",")]
+    progress = not args.no_progress
+    configs = {name: experiment.tagger_config(name, progress) for name in models}
+    served = experiment.served_config(progress)
 
     manifest = ensure_dataset(data, args.stamps_root)
-    features, input_feature = load_features(manifest, features_from, config)
+    features, input_feature = load_features(manifest, features_from, experiment)
     extra_en: dict[str, list[str]] | None = None
-    wanted = [{**base, **o} for o in [*models.values(), config.get("serve", {})]]
-    if any(c.get("english_only_images") for c in wanted):
-        extra_en, extra_vectors = english_extra(
-            runs, features_from, config, args.stamps_root, not args.no_progress
-        )
+    if any(c.english_only_images for c in [*configs.values(), served]):
+        extra_en, extra_vectors = english_extra(runs, features_from, experiment, args.stamps_root, progress)
         features = {**features, **extra_vectors}
         print(f"      {len(extra_en)} English-only stamps for the cascade's first stage")
 
     results: list[dict[str, Any]] = []
     for seed in seeds:
-        split_dir = runs / "splits" / f"seed{seed}"
-        if not (split_dir / "manifest.jsonl").exists():
-            resplit_manifest(data, split_dir, seed)
-        split = read_manifest(split_dir)
-        for name, overrides in models.items():
-            cfg = TaggerConfig.from_dict({**base, **overrides})
+        split = seeded_split(data, runs, seed)
+        for name, cfg in configs.items():
             r = run_one(split, features, cfg, seed, name, runs / f"seed{seed}" / slug(name), extra_en)
             results.append(r)
             print(
@@ -161,15 +171,14 @@ def main(argv: list[str] | None = None) -> int:
 
     runs.mkdir(parents=True, exist_ok=True)
     (runs / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
-    table = format_table(results, list(models))
+    table = format_table(results, models)
     (runs / "tagging.md").write_text(table + "\n", encoding="utf-8")
     print()
     print(table)
 
     if args.serve or args.bundle:
-        cfg = TaggerConfig.from_dict({**base, **config.get("serve", {"model": "cascade"})})
         component = train_tagger_component(
-            manifest, features, runs / "component", cfg, input_feature, seed=0, extra_english=extra_en
+            manifest, features, runs / "component", served, input_feature, seed=0, extra_english=extra_en
         )
         print(f"\nserved tagger: {component}")
         if args.bundle:

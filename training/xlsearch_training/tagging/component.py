@@ -21,8 +21,11 @@ from xlsearch.bundle.tagger import COUNT_OUTPUT, EN_OUTPUT, FEATURE_INPUT, USER_
 from xlsearch.data.manifest import Manifest
 from xlsearch.encode.onnx import make_session
 from xlsearch.encode.tag_vocab import extract_image_tags
+from xlsearch_training.tagging.config import TaggerConfig
+from xlsearch_training.tagging.data import tag_data
+from xlsearch_training.tagging.evaluate import evaluate_modes
 from xlsearch_training.tagging.models import ServedTagger
-from xlsearch_training.tagging.train import TaggerConfig, TrainedTagger, evaluate_modes, fit_tagger, tag_data
+from xlsearch_training.tagging.train import TrainedTagger, fit_tagger
 
 MODEL_FILE, ZH_VOCAB_FILE, EN_VOCAB_FILE = "tagger.onnx", "tags_zh.json", "tags_en.json"
 

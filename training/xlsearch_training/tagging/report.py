@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from xlsearch_training.tagging.train import K_MODES
+from xlsearch_training.tagging.evaluate import K_MODES
 
 COLUMNS = (
     ("p", "P"),

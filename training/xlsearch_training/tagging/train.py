@@ -1,6 +1,7 @@
 """Training of the taggers and the label-quantity regressor on a manifest's splits (train: fit, val: pick the epoch).
 
-``fit_tagger`` trains one model ("mlp" = zh-only MLP, "multitask", "cascade") plus the count regressor;
+``fit_tagger`` trains one model ("mlp" = zh-only MLP, "multitask", "cascade") plus the count regressor
+(hyper-parameters: ``config.TaggerConfig``); ``evaluate.evaluate_modes`` measures it and
 ``train_tagger_component`` (in ``component.py``) wraps it into a servable component folder.
 """
 
@@ -9,8 +10,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from xlsearch.data.manifest import Manifest, Record
+from xlsearch.data.manifest import Manifest
 from xlsearch.encode.tag_vocab import (
     ImageTags,
     TagVocabConfig,
@@ -27,92 +28,10 @@ from xlsearch.encode.tag_vocab import (
     build_vocabularies,
     extract_image_tags,
 )
-from xlsearch.eval.tag_metrics import evaluate_tagging, lqp_counts, lqp_metrics, mean_average_precision
+from xlsearch.eval.tag_metrics import evaluate_tagging, mean_average_precision
+from xlsearch_training.tagging.config import TaggerConfig
+from xlsearch_training.tagging.data import TagData, tag_data
 from xlsearch_training.tagging.models import CountRegressor, MultiTaskMLP, ServedTagger, TagMLP
-
-MODELS = ("mlp", "multitask", "cascade")
-K_MODES = ("k=5", "k=mean", "LQP", "oracle k")
-
-
-@dataclass
-class TaggerConfig:
-    model: str = "cascade"  # mlp (zh only) | multitask | cascade
-    hidden: int = 1024
-    dropout: float = 0.5
-    epochs: int = 60
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    input_scale: float | None = None  # None: sqrt(feature dim)
-    select_on_val: bool = True  # keep the epoch with the best validation score (count: lowest validation MSE)
-    select_metric: str = "map"  # validation score of the taggers: "map" (mean average precision) or "f@5"
-    cascade_oof_folds: int = 0  # > 1: train the cascade's 2nd stage on out-of-fold 1st-stage probabilities
-    english_only_images: bool = False  # cascade: add the English-only images (if given) to the 1st stage
-    lqp_hidden: list[int] = field(default_factory=lambda: [512, 256])
-    lqp_dropout: float = 0.5
-    lqp_epochs: int = 100
-    lqp_lr: float = 1e-3
-    user_tags: bool = False  # side input: multi-hot of tags the user already has
-    user_tag_keep: float = 0.5  # training: each true tag is given as a user tag with this probability ...
-    user_tag_none: float = 0.5  # ... except for this share of samples, which get none
-    vocab: dict[str, Any] = field(default_factory=dict)  # TagVocabConfig fields
-    progress: bool = False
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TaggerConfig:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown tagger option(s): {', '.join(sorted(unknown))}")
-        cfg = cls(**data)
-        if cfg.select_metric not in ("map", "f@5"):
-            raise ValueError(f"select_metric must be 'map' or 'f@5', got {cfg.select_metric!r}")
-        if cfg.model not in MODELS:
-            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {cfg.model!r}")
-        TagVocabConfig.from_dict(cfg.vocab)
-        return cfg
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class TagData:
-    """Features and multi-hot targets of a list of images."""
-
-    ids: list[str]
-    x: np.ndarray  # float32 [N, F]
-    zh: np.ndarray  # float32 [N, Cz]
-    en: np.ndarray  # float32 [N, Ce]
-
-    def subset(self, mask: np.ndarray) -> TagData:
-        return TagData(
-            [i for i, m in zip(self.ids, mask, strict=True) if m], self.x[mask], self.zh[mask], self.en[mask]
-        )
-
-    @property
-    def zh_tagged(self) -> np.ndarray:
-        return self.zh.sum(axis=1) > 0
-
-    @property
-    def en_tagged(self) -> np.ndarray:
-        return self.en.sum(axis=1) > 0
-
-
-def tag_data(
-    records: Sequence[Record],
-    features: dict[str, np.ndarray],
-    tags: ImageTags,
-    zh: TagVocabulary,
-    en: TagVocabulary,
-) -> TagData:
-    recs = [r for r in records if r.id in features]
-    x = np.stack([features[r.id] for r in recs]).astype(np.float32) if recs else np.zeros((0, 0), np.float32)
-    return TagData(
-        [r.id for r in recs],
-        x,
-        zh.multi_hot([tags.zh[r.id] for r in recs]),
-        en.multi_hot([tags.en[r.id] for r in recs]),
-    )
 
 
 def _fit(
@@ -398,20 +317,3 @@ def _train_counter(
         "count",
     )
     return net, log
-
-
-def evaluate_modes(trained: TrainedTagger, data: TagData) -> dict[str, Any]:
-    """Metrics of every k mode on the images of ``data`` that carry a vocabulary tag, plus the LQP quality."""
-    tagged = data.subset(data.zh_tagged)
-    if not tagged.ids:
-        raise ValueError("no evaluation image carries a vocabulary tag")
-    scores, counts = trained.scores(tagged.x)
-    truth = tagged.zh > 0
-    true_k = truth.sum(axis=1)
-    classes = truth.shape[1]
-    mean_k = max(1, int(round(trained.mean_count)))
-    ks = {"k=5": 5, "k=mean": mean_k, "LQP": lqp_counts(counts, classes), "oracle k": true_k}
-    out: dict[str, Any] = {mode: evaluate_tagging(scores, truth, k) for mode, k in ks.items()}
-    out["lqp"] = lqp_metrics(counts, true_k)
-    out["fixed_mean_k"] = mean_k
-    return out

@@ -16,20 +16,23 @@ are excluded by gathering at length-1 (W2VV) or by the attention mask. This expo
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xlsearch.encode.text import PAD_ID
+from xlsearch_training.config import Config
 
 _NEG = -1e9  # attention logit for padded steps
 
 
 @dataclass
-class TextEncoderConfig:
+class TextEncoderConfig(Config):
+    config_name: ClassVar[str] = "text encoder"
+
     vocab_size: int
     out_dim: int  # visual feature dimension
     word_dim: int = 300
@@ -60,19 +63,6 @@ class TextEncoderConfig:
             + self.gru_dim * self.use_gru
             + self.sentence_dim
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TextEncoderConfig:
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown TextEncoderConfig keys: {sorted(unknown)}")
-        data = dict(data)
-        if "mlp_hidden" in data:
-            data["mlp_hidden"] = list(data["mlp_hidden"])
-        return cls(**data)
 
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}

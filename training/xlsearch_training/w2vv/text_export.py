@@ -10,7 +10,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from xlsearch_training.w2vv import TextEncoderConfig, W2VVTextEncoder
+from xlsearch_training.w2vv.model import TextEncoderConfig, W2VVTextEncoder
 
 INPUT_NAMES = ("token_ids", "lengths", "sentence_embedding")
 OUTPUT_NAME = "embedding"

@@ -1,18 +1,18 @@
 """The main job, end to end on one dataset: manifest -> image features -> W2VV encoders (every variant, every
 seed) -> bundles -> benchmark table. Every stage caches to disk, so a re-run resumes where it stopped.
 
-    python -m xlsearch_training.pipeline --data data/tuxpaint --runs runs/demo --seeds 0,1,2,3,4
+    python -m xlsearch_training.w2vv.pipeline --data data/tuxpaint --runs runs/demo --seeds 0,1,2,3,4
+
+The shared stages 1-4 live in ``xlsearch_training.inputs``; the experiment file is read as a
+``w2vv.config.RetrievalExperiment``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import re
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,88 +21,26 @@ import torch
 
 from xlsearch.bundle.manifest import update_bundle_manifest
 from xlsearch.bundle.runtime import Bundle
-from xlsearch.data.datasets.tuxpaint import convert_tuxpaint
-from xlsearch.data.manifest import Manifest, read_manifest, resplit_manifest
-from xlsearch.encode.features import extract_features
-from xlsearch.encode.preprocess import PreprocessConfig
-from xlsearch.encode.sentence import build_sentence_encoder, cached_encode
+from xlsearch.data.manifest import Manifest
 from xlsearch.eval.benchmark import evaluate
 from xlsearch.eval.report import format_results
-from xlsearch_training.backbones import BackboneConfig, build_backbone
-from xlsearch_training.bundle_writer import write_w2vv_bundle
-from xlsearch_training.export_image import ImageEncoderHead, export_image_encoder
-from xlsearch_training.image_head import ImageEncoder
-from xlsearch_training.train_w2vv import TrainConfig, train_pair
+from xlsearch_training.config import CONFIG_DIR
+from xlsearch_training.inputs import (
+    Backbone,
+    ensure_backbone,
+    ensure_dataset,
+    image_vectors,
+    parse_seeds,
+    seeded_split,
+    sentence_vectors,
+    slug,
+)
+from xlsearch_training.w2vv.bundle_writer import write_w2vv_bundle
+from xlsearch_training.w2vv.config import RetrievalExperiment, TrainConfig
+from xlsearch_training.w2vv.image_head import ImageEncoder
+from xlsearch_training.w2vv.train import train_pair
 
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "tuxpaint.json"
-
-
-@dataclass
-class Backbone:
-    module: torch.nn.Module  # the frozen backbone (torch), reused by every bundle's image encoder
-    onnx: Path  # backbone + L2 normalisation, for feature extraction
-    spec: dict[str, Any]  # dim, preprocess, backbone
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-def ensure_dataset(data: Path, stamps_root: str | None) -> Manifest:
-    if not (data / "manifest.jsonl").exists():
-        print(f"[1/5] building the Tux Paint manifest in {data}")
-        kwargs = {"stamps_root": stamps_root} if stamps_root else {}
-        convert_tuxpaint(data, seed=0, **kwargs)
-    else:
-        print(f"[1/5] manifest {data / 'manifest.jsonl'} exists")
-    return read_manifest(data)
-
-
-def ensure_backbone(runs: Path, backbone: dict[str, Any], crop: str) -> Backbone:
-    """Build the backbone; export it (+ L2 normalisation) to ONNX once per backbone config."""
-    folder = runs / "image_encoder" / slug(json.dumps(backbone, sort_keys=True) + crop)
-    spec_path = folder / "spec.json"
-    bb = build_backbone(BackboneConfig(**backbone))
-    if spec_path.exists():
-        print(f"[2/5] backbone {folder} exists")
-        return Backbone(bb, folder / "image_encoder.onnx", json.loads(spec_path.read_text()))
-    print(f"[2/5] exporting the backbone {backbone} to ONNX")
-    folder.mkdir(parents=True, exist_ok=True)
-    pre = dataclasses.replace(bb.preprocess, crop=crop)
-    export_image_encoder(
-        ImageEncoderHead(bb, center=None, normalize=True).eval(),
-        folder / "image_encoder.onnx",
-        image_size=pre.image_size,
-    )
-    spec = {"dim": bb.dim, "preprocess": pre.to_dict(), "backbone": backbone, "backbone_name": bb.name}
-    spec_path.write_text(json.dumps(spec, indent=2))
-    return Backbone(bb, folder / "image_encoder.onnx", spec)
-
-
-def image_vectors(
-    manifest: Manifest, onnx: Path, preprocess: dict[str, Any], cache: Path
-) -> dict[str, np.ndarray]:
-    ids, feats, report = extract_features(
-        manifest, onnx, PreprocessConfig.from_dict(preprocess), cache, progress=False
-    )
-    if report.get("skipped"):
-        print(f"      skipped {len(report['skipped'])} unreadable images (see {cache}/report.json)")
-    return dict(zip(ids, feats, strict=True))
-
-
-def sentence_vectors(
-    manifest: Manifest, spec: dict[str, Any] | None, cache: Path
-) -> dict[str, dict[str, Any]]:
-    """e5 vectors of every sentence: zh as queries, en as passages (cached on disk)."""
-    if spec is None:
-        return {"zh": {}, "en": {}}
-    enc = build_sentence_encoder(spec)
-    out = {}
-    for lang, role in (("zh", "query"), ("en", "passage")):
-        texts = sorted({s for r in manifest.records for s in getattr(r, lang)})
-        vecs = cached_encode(enc, texts, role, cache)
-        out[lang] = dict(zip(texts, vecs, strict=True))
-    return out
+DEFAULT_CONFIG = CONFIG_DIR / "tuxpaint.json"
 
 
 def run_variant(
@@ -192,31 +130,28 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    config = json.loads(Path(args.config).read_text(encoding="utf-8"))
+    experiment = RetrievalExperiment.load(args.config)
     data, runs = Path(args.data), Path(args.runs)
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    variants = config["variants"]
+    seeds = parse_seeds(args.seeds)
+    variants = experiment.variants
     if args.variants:
         variants = select_variants(variants, args.variants)
 
     manifest = ensure_dataset(data, args.stamps_root)
-    backbone = ensure_backbone(runs, config["backbone"], config.get("crop", "center"))
+    backbone = ensure_backbone(runs, experiment.backbone, experiment.crop)
     print(f"[3/5] image features for {len(manifest)} images")
     cache = runs / "cache" / "features"
     vectors = image_vectors(manifest, backbone.onnx, backbone.spec["preprocess"], cache)
-    sentence_spec = config.get("sentence_encoder")
+    sentence_spec = experiment.sentence_encoder
     print("[4/5] pretrained sentence vectors (e5)")
     sent = sentence_vectors(manifest, sentence_spec, runs / "cache" / "sentences")
 
     results: list[dict[str, Any]] = []
     print(f"[5/5] training {len(variants)} variants x {len(seeds)} seeds, then benchmarking")
     for seed in seeds:
-        split_dir = runs / "splits" / f"seed{seed}"
-        if not (split_dir / "manifest.jsonl").exists():
-            resplit_manifest(data, split_dir, seed)
-        split_manifest = read_manifest(split_dir)
-        for name, overrides in variants.items():
-            cfg = TrainConfig.from_dict({**config.get("train", {}), **overrides})
+        split_manifest = seeded_split(data, runs, seed)
+        for name in variants:
+            cfg = experiment.train_config(name)
             r = run_variant(
                 name,
                 cfg,
@@ -238,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
 
-    served = config.get("serve")
+    served = experiment.serve
     if served in variants and seeds:
         dst = runs / "bundle"
         if dst.exists():

@@ -1,13 +1,13 @@
 """Train W2VV / Enhanced W2VV sentence encoders (one per language) to predict image vectors.
 
-`train_pair` trains the image head and both encoders; the pipeline (`xlsearch-train`) is the entry point. Model selection: the epoch with the best validation MRR of sentence -> image (cross-modal) retrieval.
+`train_pair` trains the image head and both encoders (hyper-parameters: `config.TrainConfig`); the pipeline (`xlsearch-train`) is the entry point. Model selection: the epoch with the best validation MRR of sentence -> image (cross-modal) retrieval.
 """
 
 from __future__ import annotations
 
 import copy
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,45 +16,10 @@ from tqdm.auto import tqdm
 from xlsearch.data.manifest import Manifest
 from xlsearch.encode.text import Vocab, encode_batch, tokenizer_for
 from xlsearch.eval.metrics import retrieval_metrics
-from xlsearch_training.image_head import ImageHead
-from xlsearch_training.losses import contrastive_loss, infonce_loss, mse_loss, vse_hardest_negative_loss
-from xlsearch_training.w2vv import TextEncoderConfig, W2VVTextEncoder, build_text_encoder
-
-LOSSES = ("mse", "contrastive", "infonce", "vse")
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of one encoder; JSON <-> dataclass."""
-
-    attention: bool = True
-    loss: str = "contrastive"
-    margin: float = 2.0  # contrastive (Eq. 2) margin on Euclidean distance; VSE++ margin when loss == "vse"
-    temperature: float = 0.05
-    sentence_branch: bool = False
-    word_dim: int = 300
-    gru_dim: int = 512
-    mlp_hidden: list[int] = field(default_factory=lambda: [2048])
-    dropout: float = 0.2
-    epochs: int = 40
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    min_count: int = 1
-    max_len: int = 32
-    use_bow: bool = True
-    use_mean_embedding: bool = True
-    use_gru: bool = True
-    center_images: bool = False  # subtract the training images' mean feature (see image_head.py)
-    image_projection: int = 0  # > 0: learn a linear image projection of this size jointly with the zh encoder
-
-    def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        return cls(**d)
+from xlsearch_training.w2vv.config import TrainConfig
+from xlsearch_training.w2vv.image_head import ImageHead
+from xlsearch_training.w2vv.losses import contrastive_loss, infonce_loss, mse_loss, vse_hardest_negative_loss
+from xlsearch_training.w2vv.model import TextEncoderConfig, W2VVTextEncoder, build_text_encoder
 
 
 @dataclass

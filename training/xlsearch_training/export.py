@@ -1,21 +1,25 @@
 """ONNX export of image encoders: `pixels` float32 [B,3,S,S] -> `embedding` float32 [B,D], dynamic batch.
 
 A bundle's image encoder has a second output, `feature` (the L2-normalised pooled backbone vector), which the
-tagger and captioner components read; modules returning a tuple are exported with one name per output."""
+tagger and captioner components read; modules returning a tuple are exported with one name per output.
+`runtime_versions` is what every bundle writer records about the software that wrote the bundle."""
 
 from __future__ import annotations
 
 import os
+import platform
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import xlsearch
 from xlsearch.encode.onnx import make_session
 
 __all__ = [
@@ -25,6 +29,7 @@ __all__ = [
     "ImageEncoderHead",
     "compare_with_onnx",
     "export_image_encoder",
+    "runtime_versions",
 ]
 
 INPUT_NAME = "pixels"
@@ -134,3 +139,14 @@ def compare_with_onnx(
             raise AssertionError(f"ONNX output shape {g.shape} != PyTorch {e.shape}")
         worst = max(worst, float(np.abs(g - e).max()))
     return worst
+
+
+def runtime_versions() -> dict[str, str]:
+    """What a bundle records about the software that wrote it."""
+    return {
+        "xlsearch": xlsearch.__version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }

@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import platform
 import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import onnx
-import onnxruntime
 import torch
 
-import xlsearch
 from xlsearch.bundle.manifest import write_bundle_manifest
-from xlsearch_training.export_image import FEATURE_NAME, OUTPUT_NAME, export_image_encoder
-from xlsearch_training.export_text import export_text_encoder
-from xlsearch_training.train_w2vv import TrainConfig, TrainedEncoder
-
-
-def runtime_versions() -> dict[str, str]:
-    """What a bundle records about the software that wrote it."""
-    return {
-        "xlsearch": xlsearch.__version__,
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "python": platform.python_version(),
-    }
+from xlsearch_training.export import FEATURE_NAME, OUTPUT_NAME, export_image_encoder, runtime_versions
+from xlsearch_training.w2vv.config import TrainConfig
+from xlsearch_training.w2vv.text_export import export_text_encoder
+from xlsearch_training.w2vv.train import TrainedEncoder
 
 
 def write_w2vv_bundle(
@@ -40,7 +26,7 @@ def write_w2vv_bundle(
     fusion: dict[str, Any],
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`image_encoder` maps pixels to (index vector, backbone feature) (see image_head.ImageEncoder); `image_spec`
+    """`image_encoder` maps pixels to (index vector, backbone feature) (see w2vv.image_head.ImageEncoder); `image_spec`
     holds its dim, preprocessing and backbone description."""
     folder = Path(folder)
     if folder.exists():
