@@ -16,8 +16,10 @@ from torch import Tensor, nn
 
 from xlsearch.bundle.captioner import Captioner
 from xlsearch.bundle.components import write_component
+from xlsearch_training.captioning.config import CaptionerConfig
+from xlsearch_training.captioning.decode import decode
 from xlsearch_training.captioning.model import ShowAndTell
-from xlsearch_training.captioning.train import CaptionerConfig, Trained, decode
+from xlsearch_training.captioning.train import Trained
 
 EMBED_FILE, STEP_FILE, VOCAB_FILE = "image_embedding.onnx", "decoder_step.onnx", "vocab.json"
 TAG_VOCAB_FILE, POOL_FILE = "tag_vocab.json", "sentence_pool.json"

@@ -81,7 +81,7 @@ def trained_tagger(
     from xlsearch.bundle.components import read_component
     from xlsearch.bundle.tagger import Tagger
     from xlsearch_training.tagging.component import train_tagger_component
-    from xlsearch_training.tagging.train import TaggerConfig
+    from xlsearch_training.tagging.config import TaggerConfig
 
     if not (folder / "component.json").exists():
         train_tagger_component(
