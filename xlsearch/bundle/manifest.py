@@ -152,8 +152,10 @@ class BundleManifest:
             fusion = FusionSpec.from_dict(d.pop("fusion", None), f"{where}: fusion")
             sentence = d.pop("sentence_encoder", None)
             cl_dim = d.pop("cl_dim", None)
-            if cl_dim is None:  # written before cl_dim was recorded
+            if cl_dim is None:  # written before cl_dim was recorded, or the CL space just changed
                 cl_dim = dim if fusion.cl_space == "visual" else _sentence_dim(sentence, where)
+            elif fusion.cl_space == "visual" and int(cl_dim) != dim:
+                raise BundleError(f"{where}: cl_dim {cl_dim} != dim {dim} in the visual CL space")
             return cls(
                 model_family=str(d.pop("model_family", "w2vv")),
                 dim=dim,
@@ -244,6 +246,8 @@ def update_bundle_manifest(
     manifest = read_bundle_manifest(folder, verify=verify)
     for key in ("format", "files", "content_hash"):
         manifest.pop(key, None)
+    if "fusion" in changes and "cl_dim" not in changes:
+        manifest.pop("cl_dim", None)  # follows the (possibly new) CL space: derived again
     return write_bundle_manifest(folder, {**manifest, **changes})
 
 
