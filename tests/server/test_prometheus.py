@@ -19,7 +19,7 @@ import pytest
 import yaml
 from server_support import ServedPair, ServerThread, free_port, session_pair, test_settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 if importlib.util.find_spec("xlsearch_client") is None:  # not pip-installed: use the source checkout
     sys.path.insert(0, str(REPO / "clients"))
 

@@ -17,7 +17,7 @@ from xlsearch_training.config import CONFIG_DIR, ConfigError, from_dict  # noqa:
 from xlsearch_training.tagging.config import TaggerConfig, TaggingExperiment  # noqa: E402
 from xlsearch_training.w2vv.config import RetrievalExperiment, TrainConfig  # noqa: E402
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 # every experiment file the package ships, with the loader its command reads it with
 LOADERS = {
     "tuxpaint.json": RetrievalExperiment,

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from xlsearch_server.metrics import ServerMetrics
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "xlsearch.json"
 DOCKERFILES = {"server": DEPLOY / "server.Dockerfile", "indexer": DEPLOY / "indexer.Dockerfile"}

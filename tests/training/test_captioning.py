@@ -24,7 +24,7 @@ from xlsearch_training.captioning.vocab import (  # noqa: E402
     segment_all,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = {
     "word_dim": 16,
     "hidden": 24,

@@ -369,7 +369,7 @@ def test_bad_tls_files_are_refused_with_a_clear_message(pki: Pki, tmp_path: Path
 
 
 def test_compose_takes_keys_and_certificates_from_secrets():
-    path = Path(__file__).resolve().parents[1] / "deploy" / "compose.yaml"
+    path = Path(__file__).resolve().parents[2] / "deploy" / "compose.yaml"
     text = path.read_text(encoding="utf-8")
     compose = yaml.safe_load(text)
     server = compose["services"]["server"]

@@ -18,7 +18,7 @@ from xlsearch.encode.tag_vocab import (
     vocabularies_for,
 )
 
-FIXTURE = Path(__file__).parent / "fixtures" / "tagging"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "tagging"
 
 
 @pytest.fixture(scope="module")

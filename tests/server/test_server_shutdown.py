@@ -22,7 +22,7 @@ from server_support import ServedPair, session_pair
 from xlsearch.v1 import search_pb2 as pb
 from xlsearch.v1 import search_pb2_grpc as pb_grpc
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # where server_support.py lives
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
