@@ -280,6 +280,16 @@ def panels() -> list[dict[str, Any]]:
         8,
     )
     g.add(
+        timeseries(
+            "Refused credentials by reason",
+            [target(f"sum by (reason) (rate(xlsearch_auth_failures_total{{{SEL}}}[{RATE}]))", "{{reason}}")],
+            "ops",
+            "API key refusals: missing, malformed, unknown_key (UNAUTHENTICATED), role (PERMISSION_DENIED)",
+        ),
+        10,
+        8,
+    )
+    g.add(
         {
             "type": "table",
             "title": "Build (version, bundle, index)",
