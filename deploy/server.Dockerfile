@@ -4,10 +4,14 @@
 #
 #   docker build -f deploy/server.Dockerfile -t xlsearch-server .
 #   docker run -p 50051:50051 -p 9464:9464 -v $PWD/runs/demo/bundle:/models/bundle:ro -v xlsearch-data:/data \
-#       xlsearch-server
+#       -v $SECRETS:/run/secrets:ro -e XLSEARCH_API_KEYS_FILE=/run/secrets/api_keys xlsearch-server
 #
-# Settings are XLSEARCH_* variables (docs/serving.md); the bundle is read from /models/bundle and the index from
-# /data/index (AddImages/DeleteImages rewrite it atomically inside /data, so /data must be writable).
+# The server listens on 0.0.0.0 inside the container, so it refuses to start without API keys (an entries file made
+# with `xlsearch serve --new-key admin`, mounted, never baked into the image) unless XLSEARCH_INSECURE=true says the
+# open API is deliberate; add XLSEARCH_TLS_CERT / XLSEARCH_TLS_KEY for TLS (docs/serving.md, Security; compose.yaml
+# passes all of them as Docker secrets). Settings are XLSEARCH_* variables (docs/serving.md); the bundle is read
+# from /models/bundle and the index from /data/index (AddImages/DeleteImages rewrite it atomically inside /data, so
+# /data must be writable).
 ARG PYTHON_IMAGE=python:3.11-slim
 
 # -- wheels: generate the protobuf code and build the two wheels (the same stage as deploy/indexer.Dockerfile) ----
