@@ -97,7 +97,12 @@ class IndexWriter:
         ImageIndex.create(self.key, factory)  # fail fast on a bad factory string
 
     def write(
-        self, items: Sequence[SourceItem], rows: Sequence[Row], report: dict[str, Any], timer: StageTimer
+        self,
+        items: Sequence[SourceItem],
+        rows: Sequence[Row],
+        report: dict[str, Any],
+        timer: StageTimer,
+        roots: Sequence[str] = (),
     ) -> Path:
         with timer("index"):
             index = ImageIndex.create(self.key, self.factory)
@@ -115,6 +120,7 @@ class IndexWriter:
                     features=np.stack(feats) if all(f is not None for f in feats) else None,
                 )
         index.report = report
+        index.source_roots = list(roots)
         with timer("save"):
             return index.save(self.out)
 
@@ -193,7 +199,7 @@ def run_job(
         "seconds": {k: round(v, 3) for k, v in timer.seconds.items()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    out = writer.write(items, rows, report, timer)
+    out = writer.write(items, rows, report, timer, source.roots)
     checkpoint.clear()
     return JobResult(
         out,

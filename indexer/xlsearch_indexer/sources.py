@@ -32,6 +32,9 @@ class Source:
     items: list[SourceItem]
     description: str
     warnings: list[str] = field(default_factory=list)  # go to report.json
+    # The folders the images are read from (resolved): recorded in the index manifest, the only places the HTTP
+    # API serves thumbnails from.
+    roots: list[str] = field(default_factory=list)
 
 
 def manifest_source(path: str | os.PathLike[str], splits: Sequence[str] = ()) -> Source:
@@ -44,7 +47,25 @@ def manifest_source(path: str | os.PathLike[str], splits: Sequence[str] = ()) ->
         for r in records
     ]
     what = f"manifest {manifest.path}" + (f" (splits {', '.join(splits)})" if splits else "")
-    return Source(items, what)
+    return Source(items, what, roots=image_roots(manifest.root, [it.path for it in items]))
+
+
+def image_roots(root: str | os.PathLike[str], paths: Sequence[Path]) -> list[str]:
+    """The folders to record for ``paths``: ``root`` (resolved) when every image is inside it, else the fewest
+    distinct folders holding them (a re-split manifest reads ``../`` images). Never a folder above them all."""
+    top = os.path.realpath(root)
+    parents = sorted({os.path.dirname(os.path.realpath(p)) for p in paths})
+    if all(_inside(p, top) for p in parents):
+        return [top]
+    kept: list[str] = []
+    for p in parents:  # sorted: a folder comes before the folders inside it
+        if not any(_inside(p, k) for k in kept):
+            kept.append(p)
+    return kept
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def folder_source(
@@ -69,7 +90,7 @@ def folder_source(
         items.append(SourceItem(rel, p, str(p), tuple(captions.pop(rel, ()))))
     warnings = [f"captions file names an image that is not in the folder: {rel}" for rel in sorted(captions)]
     what = f"folder {root}" + (f" with captions {captions_file}" if captions_file else "")
-    return Source(items, what, warnings)
+    return Source(items, what, warnings, roots=[os.path.realpath(root)])
 
 
 def read_captions(path: str | os.PathLike[str]) -> dict[str, list[str]]:

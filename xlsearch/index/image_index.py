@@ -77,6 +77,8 @@ class ImageIndex:
         self.nprobe = 16  # IVF lists visited per query
         self.ef_search = 128  # HNSW candidate list size (raised to k when k is larger)
         self.report: dict[str, Any] | None = None  # the batch indexer's report.json, kept across saves
+        # folders the batch indexer read the images from (absolute, resolved)
+        self.source_roots: list[str] = []
         self.folder: Path | None = None  # where it was last loaded from / saved to
 
     # -- construction ------------------------------------------------------------------------------------------
@@ -105,6 +107,7 @@ class ImageIndex:
         self.created, self.updated = m["created"], m["updated"]
         self.nprobe = int(m.get("search_params", {}).get("nprobe", self.nprobe))
         self.ef_search = int(m.get("search_params", {}).get("ef_search", self.ef_search))
+        self.source_roots = [str(r) for r in m.get("source_roots", [])]
         if (folder / REPORT).is_file():
             self.report = json.loads((folder / REPORT).read_text(encoding="utf-8"))
         self._check_consistent(folder, m)
@@ -353,6 +356,7 @@ class ImageIndex:
             if self.spec.kind == "ivf"
             else None,
             "tombstones": {"images": len(self.images.tombstones), "captions": len(self.captions.tombstones)},
+            "source_roots": self.source_roots,
         }
 
     def save(self, folder: str | os.PathLike[str] | None = None) -> Path:

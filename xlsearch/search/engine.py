@@ -29,8 +29,8 @@ from xlsearch.errors import InvalidArgument, NotFound
 from xlsearch.index.image_index import ImageIndex, ImageMeta
 from xlsearch.search.annotate import Annotator
 from xlsearch.search.errors import ImageUnavailable, IndexPersistError
-from xlsearch.search.fusion import exact_topk
-from xlsearch.search.images import decode_image_bytes
+from xlsearch.search.fusion import exact_topk, page_of
+from xlsearch.search.images import decode_image_bytes, image_query_vectors
 from xlsearch.search.locks import RWLock
 from xlsearch.search.types import (
     STAGES,
@@ -136,36 +136,47 @@ class SearchEngine:
         mode: str = "CLM",
         alpha: float | None = None,
         tags: Sequence[str] | None = None,
+        *,
+        min_score: float | None = None,
+        offset: int = 0,
     ) -> SearchResult:
         """Like ``search`` with precomputed query vectors: ``q_cm`` [dim] in the image space, ``q_cl`` [cl_dim] in
         the CL space (needed unless mode is CM). E.g. an image vector as ``q_cm`` searches by example image."""
-        request = search_request("", top_k, mode, alpha, tags, self.limits, by_vectors=True)
+        request = search_request(
+            "", top_k, mode, alpha, tags, self.limits, by_vectors=True, min_score=min_score, offset=offset
+        )
         return self.run(request, (q_cm, q_cl))
 
     def run(
         self, request: SearchRequest, vectors: QueryVectors | tuple[Any, Any] | None = None
     ) -> SearchResult:
         """A validated request; ``vectors`` (CM, CL) when the caller has them (e.g. from the embedding cache),
-        else the query is encoded here."""
+        else the query (text, or ``request.image``) is encoded here. Paging and the cutoff are exact: the top
+        offset + top_k (+1) images are ranked exactly, then cut (``fusion.page_of``)."""
         timer = StageTimer(STAGES)
         weight = fusion_weight(request, self.bundle.alpha)
         if vectors is None:
-            q_cm, q_cl = self.encode_query(request.query, timer)
-        else:
-            q_cm = _finite(_check_vector(vectors[0], self.index.dim, "q_cm"))
-            if vectors[1] is None:
-                if weight > 0.0:
-                    raise InvalidArgument(f"mode {request.mode} needs a CL query vector")
-                q_cl = None
+            if request.image is not None:  # search by image: its vector in the bundle's image space
+                vectors = image_query_vectors(
+                    self.bundle, self.limits, request.image, self.image_vector, timer
+                )
             else:
-                q_cl = _finite(_check_vector(vectors[1], self.index.cl_dim, "q_cl"))
+                vectors = self.encode_query(request.query, timer)
+        q_cm = _finite(_check_vector(vectors[0], self.index.dim, "q_cm"))
+        if vectors[1] is None:
+            if weight > 0.0:
+                raise InvalidArgument(f"mode {request.mode} needs a CL query vector")
+            q_cl = None
+        else:
+            q_cl = _finite(_check_vector(vectors[1], self.index.cl_dim, "q_cl"))
         with self._lock.read():
             index = self.index
             with timer("search"):
                 eligible = index.ids_with_tags(request.tags) if request.tags else None
-            ranked, info = exact_topk(
-                index, q_cm, q_cl, weight, request.top_k, eligible, timer, self.initial_depth
-            )
+            exclude = index.int_id(request.exclude_id) if request.exclude_id else None
+            depth = request.offset + request.top_k + 1 + (exclude is not None)
+            ranked, info = exact_topk(index, q_cm, q_cl, weight, depth, eligible, timer, self.initial_depth)
+            ranked, more = page_of(ranked, request.offset, request.top_k, request.min_score, exclude)
             with timer("metadata"):
                 metas = index.metadata(ranked["id"])
                 hits = [
@@ -182,7 +193,18 @@ class SearchEngine:
                     for m, r in zip(metas, ranked, strict=True)
                 ]
             version = index.version
-        return SearchResult(hits, timer.seconds, weight, version, request.mode, exact=index.exact, **info)
+        next_offset = request.offset + request.top_k if more else 0
+        return SearchResult(
+            hits,
+            timer.seconds,
+            weight,
+            version,
+            request.mode,
+            exact=index.exact,
+            **info,
+            offset=request.offset,
+            next_offset=next_offset,
+        )
 
     def encode_query(self, query: str, timer: StageTimer | None = None) -> QueryVectors:
         """(CM vector [dim], CL vector [cl_dim]) of one query. No validation (``search`` validates first)."""
@@ -390,6 +412,7 @@ class SearchEngine:
                 saved_version=self._saved_version,
                 created=ix.created,
                 updated=ix.updated,
+                source_roots=tuple(ix.source_roots),
             )
 
 

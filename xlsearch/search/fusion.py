@@ -110,3 +110,16 @@ def _outside_bound(
 
 def _empty() -> tuple[np.ndarray, np.ndarray]:
     return np.zeros(0, np.float32), np.zeros(0, np.int64)
+
+
+def page_of(
+    ranked: np.ndarray, offset: int, top_k: int, min_score: float | None, exclude: int | None
+) -> tuple[np.ndarray, bool]:
+    """One page of an exact ranking (best first) of at least ``offset + top_k + 1`` images (+1 with ``exclude``):
+    without the excluded int id, without hits scoring below ``min_score``, ranks offset+1 .. offset+top_k; and
+    whether hits follow the page. Ranked exactly, so page n+1 starts where page n ended."""
+    if exclude is not None:
+        ranked = ranked[ranked["id"] != exclude]
+    if min_score is not None:
+        ranked = ranked[ranked["score"] >= min_score]  # a prefix: the ranking is by score
+    return ranked[offset : offset + top_k], len(ranked) > offset + top_k

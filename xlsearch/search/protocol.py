@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from xlsearch.common.timing import StageTimer
+from xlsearch.index.image_index import ImageMeta
 from xlsearch.search.types import (
     Annotation,
     CaptionRequest,
@@ -41,6 +42,10 @@ class Engine(Protocol):
     def encode_query(self, query: str, timer: StageTimer | None = None) -> QueryVectors: ...
 
     def run(self, request: SearchRequest, vectors: QueryVectors | None = None) -> SearchResult: ...
+
+    def get(self, image_id: str) -> ImageMeta:
+        """The metadata of an indexed image (NotFound for an unknown id)."""
+        ...
 
     def prepare(self, items: Sequence[NewImage], start: int = 0) -> Any:
         """Validate, decode and encode a batch; the result is opaque to the caller and goes to ``commit``."""

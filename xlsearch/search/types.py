@@ -3,6 +3,7 @@ converters turn them into its wire format. Plain dataclasses, no logic beyond (d
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
@@ -28,6 +29,7 @@ class Limits:
     max_top_k: int = 1000
     default_top_k: int = 10  # used when a request's top_k is 0
     max_tags: int = 32
+    max_offset: int = 10_000  # paging: hits skipped before the page (offset + top_k images are ranked)
     require_words: bool = False  # refuse queries of symbols / emoji only (the server sets it)
     require_chinese: bool = False  # refuse queries without a Chinese character
     # Images (AddImages, Tag, Caption)
@@ -62,13 +64,33 @@ class Limits:
 @dataclass(frozen=True)
 class SearchRequest:
     """A validated search (``xlsearch.search.validate.search_request`` makes one): the normalised query, top_k in
-    range, the mode, alpha (CLM only; None: the bundle's), the tag filter (stripped, sorted, unique)."""
+    range, the mode, alpha (CLM only; None: the bundle's), the tag filter (stripped, sorted, unique), the relevance
+    cutoff (hits scoring below ``min_score`` are dropped; None: none), ``offset`` (hits skipped: the page starts
+    at rank offset + 1) and, for a search by example, ``image``: the query image (bytes, or an indexed image's id,
+    which is then left out of the results; ``query`` is "" and the mode CM: image-to-image similarity)."""
 
     query: str
     top_k: int = 10
     mode: str = "CLM"
     alpha: float | None = None
     tags: tuple[str, ...] = ()
+    min_score: float | None = None
+    offset: int = 0
+    image: ImageRef | None = None
+
+    @property
+    def exclude_id(self) -> str:
+        """The indexed image a "more like this" search leaves out of its results ("" for other searches)."""
+        return self.image.image_id if self.image is not None else ""
+
+    @property
+    def image_key(self) -> str:
+        """What identifies the query image in a cache key: ``id:<image id>`` or ``sha256:<hex of the bytes>``."""
+        if self.image is None:
+            return ""
+        if self.image.image_id:
+            return f"id:{self.image.image_id}"
+        return "sha256:" + hashlib.sha256(self.image.image_bytes).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -96,6 +118,10 @@ class SearchResult:
     exact: bool = True  # False with approximate indexes
     cached: bool = False  # served from the result cache
     total_seconds: float = 0.0  # in the service, cache lookups included
+    offset: int = 0  # rank of the first hit minus one
+    next_offset: int = (
+        0  # the next page's offset when more hits (above min_score) follow; 0: this is the last
+    )
 
     def to_json(self) -> bytes:
         """What the result cache keeps: the ranking, not the timings of the call that computed it."""
@@ -103,6 +129,9 @@ class SearchResult:
             "hits": [asdict(h) for h in self.hits],
             "alpha": self.alpha,
             "index_version": self.index_version,
+            "mode": self.mode,
+            "offset": self.offset,
+            "next_offset": self.next_offset,
         }
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
@@ -110,7 +139,16 @@ class SearchResult:
     def from_json(cls, raw: bytes) -> SearchResult:
         body = json.loads(raw)
         hits = [Hit(**h) for h in body["hits"]]
-        return cls(hits, {}, float(body["alpha"]), int(body["index_version"]), cached=True)
+        return cls(
+            hits,
+            {},
+            float(body["alpha"]),
+            int(body["index_version"]),
+            str(body.get("mode", "CLM")),
+            cached=True,
+            offset=int(body.get("offset", 0)),
+            next_offset=int(body.get("next_offset", 0)),
+        )
 
 
 # -- changes ----------------------------------------------------------------------------------------------------
@@ -168,6 +206,9 @@ class Stats:
     saved_version: int = -1
     created: str = ""
     updated: str = ""
+    source_roots: tuple[
+        str, ...
+    ] = ()  # folders the indexer read the images from (thumbnails are served from them)
     cache_backend: str = ""  # filled in by the service
     cache_connected: bool = False
 

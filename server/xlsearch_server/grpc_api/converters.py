@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from xlsearch.errors import InvalidArgument
 from xlsearch.search.types import (
     AddResult,
@@ -16,21 +18,27 @@ from xlsearch.search.types import (
 )
 from xlsearch.v1 import search_pb2 as pb
 
-MODE_FROM_PROTO = {pb.MATCH_MODE_UNSPECIFIED: "CLM", pb.CL: "CL", pb.CM: "CM", pb.CLM: "CLM"}
+MODE_FROM_PROTO = {pb.MATCH_MODE_UNSPECIFIED: None, pb.CL: "CL", pb.CM: "CM", pb.CLM: "CLM"}
+MODE_TO_PROTO = {"CL": pb.CL, "CM": pb.CM, "CLM": pb.CLM}
 
 
-def mode_from_proto(value: int) -> str:
+def mode_from_proto(value: int) -> str | None:
+    """None for unspecified: the validation's default (CLM for a text, CM for an image)."""
     try:
         return MODE_FROM_PROTO[value]
     except KeyError:
         raise InvalidArgument(f"unknown match mode {value}; use CL, CM or CLM") from None
 
 
-def search_request_fields(req: pb.SearchRequest) -> tuple[str, int | None, str, float | None, list[str]]:
-    """(raw query, top_k or None, mode, alpha or None, tags) of a request, before the service validates them.
-    proto3 cannot tell an unset top_k from 0: 0 means the default."""
+def search_request_fields(req: pb.SearchRequest) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments of ``SearchService.parse_query`` (raw query, top_k or None, mode or None, alpha or None,
+    tags; min_score, offset, image), before the service validates them. proto3 cannot tell an unset top_k from 0:
+    0 means the default."""
     alpha = req.alpha if req.HasField("alpha") else None
-    return req.query, int(req.top_k) or None, mode_from_proto(req.mode), alpha, list(req.tags)
+    min_score = req.min_score if req.HasField("min_score") else None
+    image = image_ref(req.image) if req.HasField("image") else None
+    args = (req.query, int(req.top_k) or None, mode_from_proto(req.mode), alpha, list(req.tags))
+    return args, {"min_score": min_score, "offset": int(req.offset), "image": image}
 
 
 def search_response(answer: SearchResult) -> pb.SearchResponse:
@@ -53,6 +61,9 @@ def search_response(answer: SearchResult) -> pb.SearchResponse:
         alpha=answer.alpha,
         index_version=answer.index_version,
         cached=answer.cached,
+        mode=MODE_TO_PROTO.get(answer.mode, pb.MATCH_MODE_UNSPECIFIED),
+        offset=answer.offset,
+        next_offset=answer.next_offset,
     )
 
 

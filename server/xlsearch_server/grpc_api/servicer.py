@@ -29,7 +29,8 @@ class ImageSearchServicer(pb_grpc.ImageSearchServicer):
 
     @map_errors
     async def Search(self, request: pb.SearchRequest, context: Context) -> pb.SearchResponse:
-        query = self._service.parse_query(*converters.search_request_fields(request))
+        args, options = converters.search_request_fields(request)
+        query = self._service.parse_query(*args, **options)
         answer = await self._service.search(query, Deadline.after(context.time_remaining()))
         return converters.search_response(answer)
 

@@ -56,6 +56,9 @@ def result_key(query: SearchRequest, scope: IndexScope) -> str:
         alpha,
         query.top_k,
         sorted(set(query.tags)),
+        query.min_score,
+        query.offset,
+        query.image_key,  # a search by image: the indexed id or the sha256 of the bytes
     ]
     return f"{KEY_PREFIX}:result:{_digest(parts)}"
 

@@ -20,6 +20,7 @@ from xlsearch.search.types import (
     Annotation,
     CaptionRequest,
     DeleteResult,
+    ImageRef,
     Limits,
     NewImage,
     QueryVectors,
@@ -88,10 +89,21 @@ class SearchService:
 
     # -- search ------------------------------------------------------------------------------------------------
     def parse_query(
-        self, raw_query: str, top_k: int | None, mode: str, alpha: float | None, tags: list[str]
+        self,
+        raw_query: str,
+        top_k: int | None,
+        mode: str | None,
+        alpha: float | None,
+        tags: list[str],
+        *,
+        min_score: float | None = None,
+        offset: int = 0,
+        image: ImageRef | None = None,
     ) -> SearchRequest:
         """The one validation (``xlsearch.search.validate``) with the server's limits."""
-        return search_request(raw_query, top_k, mode, alpha, tags, self.limits)
+        return search_request(
+            raw_query, top_k, mode, alpha, tags, self.limits, min_score=min_score, offset=offset, image=image
+        )
 
     async def search(self, request: SearchRequest, deadline: Deadline) -> SearchResult:
         started = time.perf_counter()
@@ -100,7 +112,10 @@ class SearchService:
         key = result_key(request, scope)
         result = await self._cache.get_result(key)
         if result is None:
-            vectors, encode_timings = await self._query_vectors(engine, request.query, deadline)
+            vectors: QueryVectors | None = None
+            encode_timings: dict[str, float] = {}
+            if request.image is None:  # a query image is decoded and encoded by the engine, in the worker
+                vectors, encode_timings = await self._query_vectors(engine, request.query, deadline)
             result = await self._runner.run(deadline, "search", engine.run, request, vectors)
             for stage, seconds in encode_timings.items():
                 result.timings[stage] = result.timings.get(stage, 0.0) + seconds
@@ -194,6 +209,17 @@ class SearchService:
         self._changed_here = True
         await self._runner.run(Deadline(None), "refreshing index gauges", self._refresh, engine)
         return engine.index_version
+
+    # -- indexed images ----------------------------------------------------------------------------------------
+    async def image_uri(self, image_id: str, deadline: Deadline) -> str:
+        """The stored uri of an indexed image (NotFound for an unknown id). Metadata only: whoever opens it must
+        check it against the source roots first (``http_api.thumbnails``)."""
+        meta = await self._runner.run(deadline, "looking up an image", self._engine().get, image_id)
+        return str(meta.uri)
+
+    async def source_roots(self, deadline: Deadline) -> tuple[str, ...]:
+        """The folders the index records it was built from."""
+        return (await self.stats(deadline)).source_roots
 
     # -- stats -------------------------------------------------------------------------------------------------
     async def stats(self, deadline: Deadline) -> Stats:

@@ -197,7 +197,7 @@ def test_validation_errors(coll: Collection) -> None:
         {"alpha": float("nan")},
         {"alpha": "0.5"},
         {"mode": "XL"},
-        {"mode": None},
+        {"mode": 3},  # None is the default (CLM for a text, CM for an image)
         {"tags": [""]},
         {"tags": ["a"] * 33},
     ):
