@@ -18,7 +18,8 @@ from xlsearch.bundle.tagger import Tagger
 from xlsearch.encode.crops import crop_mean, flat_crops
 from xlsearch.encode.onnx import make_session
 from xlsearch.encode.preprocess import preprocess
-from xlsearch.encode.sentence import SentenceEncoder, build_sentence_encoder
+from xlsearch.encode.encoder_pool import sentence_encoder_pool
+from xlsearch.encode.sentence import SentenceEncoder
 from xlsearch.encode.subword import SubwordTokenizer, load_subword_tokenizer
 from xlsearch.encode.text import Vocab, encode_batch, tokenizer_for
 
@@ -50,7 +51,15 @@ class _TextTower:
 class Bundle:
     """A loaded bundle: ONNX Runtime sessions + tokenizers + the pretrained sentence branch. Torch-free."""
 
-    def __init__(self, folder: str | Path, intra_op_threads: int | None = None, verify: bool = True):
+    def __init__(
+        self,
+        folder: str | Path,
+        intra_op_threads: int | None = None,
+        verify: bool = True,
+        sentence_instances: int = 1,
+    ):
+        """``sentence_instances`` > 1: a pool of that many sentence-encoder instances, so concurrent queries
+        encode in parallel (``xlsearch.encode.encoder_pool``); ``intra_op_threads`` is each one's threads."""
         self.folder = Path(folder)
         self.manifest: BundleManifest = load_bundle_manifest(self.folder, verify=verify)
         m = self.manifest
@@ -62,10 +71,15 @@ class Bundle:
         self.preprocess_config = m.image_encoder.preprocess
         self._image = make_session(self.folder / m.image_encoder.file, intra_op_threads)
         self._sentence: SentenceEncoder | None = (
-            build_sentence_encoder({**m.sentence_encoder, "num_threads": intra_op_threads}, root=self.folder)
+            sentence_encoder_pool(
+                {**m.sentence_encoder, "num_threads": intra_op_threads},
+                sentence_instances,
+                root=self.folder,
+            )
             if m.sentence_encoder
             else None
         )
+        self.sentence_instances = max(1, sentence_instances) if self._sentence is not None else 1
         self._text: dict[str, _TextTower] = {}
         sessions: dict[str, Any] = {}  # a pretrained tower serving both languages is one file: one session
         for lang, spec in m.text_encoders.items():
@@ -90,6 +104,14 @@ class Bundle:
         self._components_lock = threading.Lock()
         if self.cl_space == "sentence" and self._sentence is None:
             raise BundleError(f"{self.folder}: cl_space 'sentence' needs a sentence_encoder")
+
+    def warm_sentence_encoders(self) -> None:
+        """Load every sentence-encoder instance now (each loads its model on first use)."""
+        warm = getattr(self._sentence, "warmup", None)
+        if warm is not None:
+            warm()
+        elif self._sentence is not None:
+            self._sentence.encode(["warm-up"], "query")
 
     @property
     def languages(self) -> list[str]:

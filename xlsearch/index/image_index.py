@@ -1,23 +1,24 @@
-"""The index folder: image vectors (CM), caption vectors (CL), backbone features and metadata, keyed by int64
-ids. Torch-free.
+"""The index: image vectors (CM), caption vectors (CL), backbone features and metadata, keyed by int64 ids, in one
+folder. Torch-free.
 
 Folder layout (``xlsearch-index/1``)::
 
     manifest.json         format, bundle_hash, dim, cl_dim, metric, factory, cl_space, count, captions, version...
     images.faiss          image vectors (int64 ids)                    -> CM
     captions.faiss        first-caption vectors in the bundle's CL space -> CL (only captioned images)
-    features.faiss        backbone features (float16, int64 ids) for Tag/Caption by id; bundles with a feature output
+    {images,captions}.store.faiss       IVF-PQ only: float16 vectors for the exact rescoring
+    {images,captions}.tombstones.npy    HNSW only: ids removed but still in the graph
+    features.f16.npy / features.ids.npy backbone features (float16, memory-mapped) for Tag/Caption by id
     metadata.sqlite       int id -> string id, uri, captions; tags table (int id, position, tag)
-    {images,captions}.vectors.npy / .ids.npy    approximate factories only: exact float32 vectors
-    {images,captions}.tombstones.npy            HNSW only: ids removed but still in the graph
+    changes.log           changes since the snapshot (``changelog``), replayed by ``load``
     report.json           optional (written by the batch indexer)
 
 The parts: ``key`` (what the index must share with its bundle), ``factory`` (factory strings), ``table`` (one table
-of vectors; approximate tables keep an exact store for rescoring), ``metadata`` (SQLite + in-memory bookkeeping).
-IVF tables are trained on the first vectors added (``auto`` picks nlist from that count); ``rebuild()`` retrains.
+of vectors, one copy), ``features`` (memory-mapped), ``metadata`` (SQLite + in-memory bookkeeping), ``changelog``
+and ``snapshot`` (persistence), ``store`` (the durable live index a server changes). IVF tables are trained on the
+first vectors added (``auto`` picks nlist from that count); ``rebuild()`` retrains.
 
 ``ImageIndex`` is not thread-safe; ``xlsearch.search.engine.SearchEngine`` guards it with a readers-writer lock.
-``save`` does not mutate the index, so it may run under a read lock.
 """
 
 from __future__ import annotations
@@ -33,11 +34,23 @@ from typing import Any
 
 import numpy as np
 
-from xlsearch.common.atomic import recover_folder, remove_stale_temps, write_folder_atomic
+from xlsearch.common.atomic import recover_folder, remove_stale_temps
+from xlsearch.index.changelog import Change, checked_add, read_changes
 from xlsearch.index.factory import DEFAULT_FACTORY, parse_factory
+from xlsearch.index.features import FeatureStore
 from xlsearch.index.key import BundleKey, IndexFormatError, IndexMismatchError, check_compatible
-from xlsearch.index.metadata import ImageMeta, MetadataState, read_metadata, write_metadata
-from xlsearch.index.table import FeatureStore, VectorTable, id_array
+from xlsearch.index.metadata import ImageMeta, MetadataState, read_metadata
+from xlsearch.index.snapshot import (
+    INDEX_FORMAT,
+    METADATA,
+    REPORT,
+    Frozen,
+    index_key,
+    read_index_key,
+    read_manifest,
+    write_snapshot,
+)
+from xlsearch.index.table import VectorTable, id_array
 
 __all__ = [
     "DEFAULT_FACTORY",
@@ -49,11 +62,6 @@ __all__ = [
     "IndexMismatchError",
     "read_index_key",
 ]
-
-INDEX_FORMAT = "xlsearch-index/1"
-MANIFEST = "manifest.json"
-METADATA = "metadata.sqlite"
-REPORT = "report.json"
 
 
 def _now() -> str:
@@ -77,6 +85,7 @@ class ImageIndex:
         self.nprobe = 16  # IVF lists visited per query
         self.ef_search = 128  # HNSW candidate list size (raised to k when k is larger)
         self.report: dict[str, Any] | None = None  # the batch indexer's report.json, kept across saves
+        self.snapshot_version = -1  # the version the folder's snapshot holds (-1: none)
         # folders the batch indexer read the images from (absolute, resolved)
         self.source_roots: list[str] = []
         self.folder: Path | None = None  # where it was last loaded from / saved to
@@ -88,13 +97,17 @@ class ImageIndex:
         return cls(BundleKey.of(bundle), factory)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str], bundle: Any | None = None) -> ImageIndex:
-        """Read an index folder; with ``bundle`` given, refuse (IndexMismatchError) one built for another bundle."""
+    def load(
+        cls, folder: str | os.PathLike[str], bundle: Any | None = None, replay: bool = True
+    ) -> ImageIndex:
+        """Read an index folder: the snapshot, then (``replay``) every logged change after it. With ``bundle``
+        given, refuse (IndexMismatchError) a folder built for another bundle. Reads only: a torn log tail is
+        skipped here and cut off by the writer (``store.IndexStore``)."""
         folder = Path(folder)
         recover_folder(folder)
         remove_stale_temps(folder)
-        m = _read_manifest(folder)
-        key = _key(m)
+        m = read_manifest(folder)
+        key = index_key(m)
         if bundle is not None:
             check_compatible(key, BundleKey.of(bundle), folder)
         self = cls(key, m["factory"])
@@ -111,6 +124,10 @@ class ImageIndex:
         if (folder / REPORT).is_file():
             self.report = json.loads((folder / REPORT).read_text(encoding="utf-8"))
         self._check_consistent(folder, m)
+        self.snapshot_version = self.version
+        if replay:
+            for change in read_changes(folder, self.version):
+                self.apply(change)
         self.folder = folder
         return self
 
@@ -185,15 +202,9 @@ class ImageIndex:
         image captioned), a list with None for images without a caption, or None (no captions). A caption vector
         must be given exactly for the metas that have captions (``captions[0]`` is what it encodes). ``features``
         [N, feature_dim]: the backbone features Tag/Caption by id read (ignored by an index without features)."""
-        n = len(metas)
-        img = self._vectors(image_vectors, n, self.dim, "image_vectors")
-        feats = None
-        if features is not None and self.key.feature_dim:
-            feats = self._vectors(features, n, self.key.feature_dim, "features")
-        caps = _caption_rows(caption_vectors, n)
-        for m, c in zip(metas, caps, strict=True):
-            if m.has_caption != (c is not None):
-                raise ValueError(f"{m.id}: a caption vector must be given iff the image has captions")
+        change = self.check_add(metas, image_vectors, caption_vectors, features)
+        img, caps, feats = change.images, change.captions, change.features
+        assert img is not None and caps is not None
         last = {m.id: i for i, m in enumerate(metas)}
         keep = sorted(last.values())
         if not keep:
@@ -202,15 +213,11 @@ class ImageIndex:
         int_ids = np.arange(self.next_id, self.next_id + len(keep), dtype=np.int64)
         cap_rows = [j for j, i in enumerate(keep) if caps[i] is not None]
         cap_vecs = (
-            self._vectors(
-                np.stack([caps[keep[j]] for j in cap_rows]), len(cap_rows), self.cl_dim, "caption_vectors"
-            )
+            np.stack([caps[keep[j]] for j in cap_rows])
             if cap_rows
             else np.zeros((0, self.cl_dim), np.float32)
         )
-        self.images.ensure_trained(img[keep])  # may raise: nothing has changed yet
-        self.captions.ensure_trained(cap_vecs)
-        self._remove_int(replaced)
+        self._remove_int(replaced)  # check_add validated and trained: nothing below raises
         self.images.add(int_ids, img[keep])
         self.captions.add(int_ids[cap_rows], cap_vecs)
         if feats is not None:
@@ -220,6 +227,38 @@ class ImageIndex:
         self.next_id += len(keep)
         self._touch()
         return int_ids
+
+    def check_add(
+        self,
+        metas: Sequence[ImageMeta],
+        image_vectors: np.ndarray,
+        caption_vectors: np.ndarray | Sequence[np.ndarray | None] | None = None,
+        features: np.ndarray | None = None,
+    ) -> Change:
+        """Validate an ``add`` without changing anything but this: an IVF table that was never trained is trained
+        here (so the change cannot fail once logged). Returns the normalised change (what the log records)."""
+        change = checked_add(
+            metas, image_vectors, caption_vectors, features, self.dim, self.cl_dim, self.key.feature_dim
+        )
+        rows = change.captions or []
+        last = sorted({m.id: i for i, m in enumerate(metas)}.values())
+        cap_rows = [rows[i] for i in last if rows[i] is not None]
+        self.images.ensure_trained(change.images[last])  # type: ignore[index]
+        self.captions.ensure_trained(
+            np.stack(cap_rows) if cap_rows else np.zeros((0, self.cl_dim), np.float32)
+        )
+        return change
+
+    def apply(self, change: Change) -> None:
+        """Apply a logged change (replay); it must land on its own version (``seq``)."""
+        if change.op == "add":
+            self.add(change.metas or [], change.images, change.captions, change.features)  # type: ignore[arg-type]
+        else:
+            self.remove(change.ids or [])
+        if change.seq and self.version != change.seq:
+            raise IndexFormatError(
+                f"{self.folder}: change {change.seq} of the log left the index at version {self.version}"
+            )
 
     def remove(self, ids: Iterable[str]) -> tuple[list[str], list[str]]:
         """Remove images by string id -> (removed, not_found), both in the given order (duplicates once)."""
@@ -261,15 +300,6 @@ class ImageIndex:
         self.version += 1
         self.updated = _now()
 
-    @staticmethod
-    def _vectors(x: np.ndarray, n: int, dim: int, what: str) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.shape != (n, dim):
-            raise ValueError(f"{what}: shape {x.shape}, expected ({n}, {dim})")
-        if not np.isfinite(x).all():
-            raise ValueError(f"{what}: non-finite values")
-        return x
-
     # -- queries -----------------------------------------------------------------------------------------------
     def search_images(
         self, q: np.ndarray, k: int, allowed: np.ndarray | None = None
@@ -286,7 +316,7 @@ class ImageIndex:
     def image_features(self, int_ids: np.ndarray) -> np.ndarray | None:
         """Stored backbone features [n, feature_dim] (float16 precision), or None when any of them has none."""
         ids = id_array(int_ids)
-        if not self.features.count or not np.isin(ids, self.features.ids()).all():
+        if not self.features.has(ids):
             return None
         return self.features.vectors(ids)
 
@@ -359,62 +389,29 @@ class ImageIndex:
             "source_roots": self.source_roots,
         }
 
+    def freeze(self) -> Frozen:
+        """A consistent copy for a snapshot (under the read lock; memory copies only, O(changes) for features)."""
+        files: dict[str, np.ndarray] = {}
+        for t in (self.images, self.captions):
+            files.update(t.frozen())
+        return Frozen(
+            self.version,
+            self.manifest(),
+            files,
+            dict(self._state.meta),
+            self.features.freeze(),
+            self.report,
+        )
+
     def save(self, folder: str | os.PathLike[str] | None = None) -> Path:
-        """Write the index atomically (``xlsearch.common.atomic.write_folder_atomic``: a temp folder next to
-        ``folder`` is filled, fsync'd and swapped in). Does not mutate the index."""
+        """Write a full snapshot atomically (``snapshot.write_snapshot``: a temp folder next to ``folder`` is
+        filled, fsync'd and swapped in; the new folder has an empty change log). Needs exclusive access (the
+        features store re-maps its new file); a live server snapshots through ``store.IndexStore`` instead."""
         target = Path(folder) if folder is not None else self.folder
         if target is None:
             raise ValueError("save: no folder given and the index was never loaded or saved")
-
-        def fill(tmp: Path) -> None:
-            for t in (self.images, self.captions, self.features):
-                t.write(tmp)
-            write_metadata(tmp / METADATA, self._state.meta)
-            if self.report is not None:
-                (tmp / REPORT).write_text(
-                    json.dumps(self.report, ensure_ascii=False, indent=1) + "\n", "utf-8"
-                )
-            manifest = json.dumps(self.manifest(), ensure_ascii=False, indent=1)
-            (tmp / MANIFEST).write_text(manifest + "\n", encoding="utf-8")  # last
-
-        self.folder = write_folder_atomic(target, fill)
+        frozen = self.freeze()
+        self.folder = write_snapshot(target, frozen, self.features)
+        self.features.rebase(frozen.features, self.folder)
+        self.snapshot_version = frozen.version
         return self.folder
-
-
-def read_index_key(folder: str | os.PathLike[str]) -> BundleKey:
-    """The bundle identity an index folder was built for, from its manifest alone (cheap: no vectors read)."""
-    return _key(_read_manifest(Path(folder)))
-
-
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    try:
-        m = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise IndexFormatError(f"{folder}: no {MANIFEST} (not an index folder?)") from None
-    except json.JSONDecodeError as e:
-        raise IndexFormatError(f"{folder / MANIFEST}:{e.lineno}: broken JSON: {e.msg}") from None
-    except OSError as e:
-        raise IndexFormatError(f"{folder / MANIFEST}: unreadable: {e}") from None
-    if not isinstance(m, dict) or m.get("format") != INDEX_FORMAT:
-        got = m.get("format") if isinstance(m, dict) else type(m).__name__
-        raise IndexFormatError(f"{folder}: format {got!r}, expected {INDEX_FORMAT!r}")
-    return m
-
-
-def _key(m: Mapping[str, Any]) -> BundleKey:
-    return BundleKey(
-        m["bundle_hash"], int(m["dim"]), m["cl_space"], int(m["cl_dim"]), int(m.get("feature_dim", 0))
-    )
-
-
-def _caption_rows(caption_vectors: Any, n: int) -> list[np.ndarray | None]:
-    if caption_vectors is None:
-        return [None] * n
-    if isinstance(caption_vectors, np.ndarray):
-        if caption_vectors.ndim != 2 or len(caption_vectors) != n:
-            raise ValueError(f"caption_vectors: shape {caption_vectors.shape}, expected ({n}, dim)")
-        return list(caption_vectors)
-    rows = list(caption_vectors)
-    if len(rows) != n:
-        raise ValueError(f"caption_vectors: {len(rows)} rows for {n} images")
-    return rows

@@ -5,32 +5,32 @@ Tags filter: only images carrying all the given tags are eligible; the filter is
 both index searches, so top-k is taken among eligible images (not by dropping hits afterwards).
 
 Concurrency: searches hold a read lock (many at once), add/delete hold the write lock while mutating the index;
-query and image encoding happen outside any lock. Changes are serialised before they take the write lock, and each
-persists (atomic save of the whole folder, under the read lock) before the next one starts, so a waiting writer
-never stalls searches behind a save.
+query and image encoding happen outside any lock (queries are micro-batched over a pool of encoders). Changes are
+serialised before they take the write lock. Persistence (``xlsearch.index.store.IndexStore``): each change is
+appended to the index folder's change log and fsync'd before it is applied and acknowledged; full snapshots are
+written in the background once the log is large, so a change costs its own record whatever the index size.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xlsearch.bundle.tagger import confident_tags
 from xlsearch.common.timing import StageTimer
-from xlsearch.encode.pipeline import Row, map_images
+from xlsearch.encode.encoder_pool import MicroBatcher
 from xlsearch.errors import InvalidArgument, NotFound
 from xlsearch.index.image_index import ImageIndex, ImageMeta
+from xlsearch.index.store import IndexStore
+from xlsearch.search.adding import ImagePreparer
 from xlsearch.search.annotate import Annotator
 from xlsearch.search.errors import ImageUnavailable, IndexPersistError
 from xlsearch.search.fusion import exact_topk, page_of
-from xlsearch.search.images import decode_image_bytes, image_query_vectors
+from xlsearch.search.images import image_query_vectors
 from xlsearch.search.locks import RWLock
 from xlsearch.search.types import (
     STAGES,
@@ -58,6 +58,9 @@ class SearchEngine:
 
     ``folder``: where changes are persisted (default: the folder the index was loaded from; None and an index never
     saved -> in memory only). ``initial_depth``: first D of the threshold loop (default max(4*top_k, 64)).
+    ``encode_slots`` query batches encode at once (default: the bundle's sentence-encoder instances), each of at
+    most ``max_query_batch`` queries, collected for ``query_batch_window`` seconds (0: only what is queued).
+    ``snapshot_min_bytes`` / ``snapshot_fraction``: when the change log triggers a background snapshot.
     """
 
     def __init__(
@@ -70,6 +73,11 @@ class SearchEngine:
         persist: bool = True,
         encode_batch: int = 16,
         min_tag_score: float = 0.3,
+        encode_slots: int | None = None,
+        max_query_batch: int = 16,
+        query_batch_window: float = 0.0,
+        snapshot_min_bytes: int = 64 << 20,
+        snapshot_fraction: float = 0.5,
     ):
         index.check_compatible(bundle)
         self.bundle, self.index = bundle, index
@@ -77,14 +85,30 @@ class SearchEngine:
         self.initial_depth = initial_depth
         self.folder = Path(folder) if folder is not None else index.folder
         self.persist = persist and self.folder is not None
-        self.encode_batch = encode_batch
-        self.min_tag_score = min_tag_score  # predicted tags of added images: stored as `xlsearch index` does
+        # predicted tags of added images are stored as `xlsearch index` does
+        self._adding = ImagePreparer(bundle, self.limits, index.dim, min_tag_score, encode_batch)
         self._lock = RWLock()
-        self._save_lock = threading.Lock()
-        self._writes = threading.Lock()  # one change (mutation + its save) at a time
-        self._saved_version = index.version if index.folder is not None else -1
+        self._init_lock = threading.Lock()
+        self._writes = threading.Lock()  # one change at a time
+        self.store: IndexStore | None = None
+        if self.persist:
+            assert self.folder is not None
+            self.store = IndexStore(
+                index,
+                self.folder,
+                self._lock,
+                self._writes,
+                snapshot_min_bytes=snapshot_min_bytes,
+                snapshot_fraction=snapshot_fraction,
+            )
         self._annotator: Any = None
         self._zh_uses_sentence = bundle.uses_sentence("zh")
+        # Concurrent queries: up to `encode_slots` batches encode at once (one per sentence-encoder instance);
+        # queries that arrive while every slot is busy are encoded together in the next batch.
+        slots = encode_slots or int(getattr(bundle, "sentence_instances", 1))
+        self._queries: MicroBatcher[str, tuple[np.ndarray, np.ndarray, dict[str, float]]] = MicroBatcher(
+            self._encode_batch, slots=slots, max_batch=max_query_batch, window_seconds=query_batch_window
+        )
 
     # -- identity -----------------------------------------------------------------------------------------------
     @property
@@ -112,6 +136,9 @@ class SearchEngine:
     def warmup(self) -> None:
         """Load lazily initialised encoders (the sentence model) and run each path once, so the first request
         is not slow."""
+        warm = getattr(self.bundle, "warm_sentence_encoders", None)
+        if warm is not None:  # every instance of a sentence-encoder pool, not only the first one used
+            warm()
         self.search("热身", top_k=1, mode="CLM")
         for kind in ("tagger", "captioner"):  # load the bundle's components now rather than on the first call
             getattr(self.bundle, kind, None)
@@ -207,9 +234,23 @@ class SearchEngine:
         )
 
     def encode_query(self, query: str, timer: StageTimer | None = None) -> QueryVectors:
-        """(CM vector [dim], CL vector [cl_dim]) of one query. No validation (``search`` validates first)."""
-        q_cm, q_cl = self.encode_queries([query], timer)
-        return q_cm[0], q_cl[0]
+        """(CM vector [dim], CL vector [cl_dim]) of one query. No validation (``search`` validates first).
+        Concurrent calls are micro-batched (``xlsearch.encode.encoder_pool.MicroBatcher``); ``timer`` gets the
+        tokenize/encode time of the batch the query ran in (queueing for a free encoder is not a stage)."""
+        q_cm, q_cl, seconds = self._queries.submit(query)
+        if timer is not None:
+            for stage, sec in seconds.items():
+                timer.add(stage, sec)
+        return q_cm, q_cl
+
+    def _encode_batch(self, queries: list[str]) -> list[tuple[np.ndarray, np.ndarray, dict[str, float]]]:
+        timer = StageTimer()
+        q_cm, q_cl = self.encode_queries(queries, timer)
+        return [(q_cm[n], q_cl[n], timer.seconds) for n in range(len(queries))]
+
+    def encode_stats(self) -> dict[str, float]:
+        """Query batches encoded so far and their mean size."""
+        return self._queries.stats()
 
     def encode_queries(
         self, queries: list[str], timer: StageTimer | None = None
@@ -267,40 +308,8 @@ class SearchEngine:
 
     def prepare(self, items: Sequence[NewImage], start: int = 0) -> PreparedImages:
         """Validate, decode and encode a batch of new images without touching the index (no lock): a stream is
-        prepared batch by batch as it arrives and committed once. ``start`` numbers the items in messages. Runs the
-        one image pipeline (``xlsearch.encode.pipeline``) in the calling thread, failing on the first bad image."""
-        metas = [self._meta(start + n, item) for n, item in enumerate(items)]
-        if not metas:
-            return PreparedImages([], np.zeros((0, self.index.dim), np.float32), [], None)
-        cfg, lim = self.bundle.preprocess_config, self.limits
-        numbered = list(enumerate(items, start))
-        rows = [
-            row
-            for _, row in map_images(
-                numbered,
-                lambda x: decode_image_bytes(x[1].image_bytes, cfg, lim, f"item {x[0]}"),
-                self._encode_rows,
-                batch_size=self.encode_batch,
-                workers=0,
-            )
-        ]
-        captioned = [n for n, m in enumerate(metas) if m.has_caption]
-        cap_rows: list[np.ndarray | None] = [None] * len(metas)
-        if captioned:
-            cap_vecs = self.bundle.cl_vectors([metas[n].caption for n in captioned], "en")
-            for n, v in zip(captioned, cap_vecs, strict=True):
-                cap_rows[n] = v
-        metas = [
-            replace(m, tags=tuple(dict.fromkeys([*m.tags, *r.extra])))
-            for m, r in zip(metas, rows, strict=True)
-        ]
-        feats = [r.vectors["feature"] for r in rows]
-        return PreparedImages(
-            metas,
-            np.stack([r.vectors["image"] for r in rows]),
-            cap_rows,
-            np.stack(feats) if all(f is not None for f in feats) else None,
-        )
+        prepared batch by batch as it arrives and committed once (``xlsearch.search.adding``)."""
+        return self._adding.prepare(items, start)
 
     def commit(self, batches: Sequence[PreparedImages]) -> list[str]:
         """Add prepared batches to the index at once and persist. Returns the ids in order."""
@@ -313,76 +322,47 @@ class SearchEngine:
         feats = None
         if all(b.features is not None for b in batches):
             feats = np.concatenate([b.features for b in batches])  # type: ignore[misc]
-        with (
-            self._writes
-        ):  # writers queue here, not at the RW lock, so a waiting writer never stalls searches
-            with self._lock.write():
-                self.index.add(metas, vecs, caps, features=feats)
-            self._persist()
+        if self.store is None:
+            with (
+                self._writes
+            ):  # writers queue here, not at the RW lock: a waiting writer never stalls searches
+                with self._lock.write():
+                    self.index.add(metas, vecs, caps, features=feats)
+        else:
+            try:
+                self.store.add(metas, vecs, caps, feats)
+            except OSError as e:
+                raise _persist_error(self.folder, e) from e
         return [m.id for m in metas]
-
-    def _encode_rows(self, items: list[Any], pixels: np.ndarray) -> list[Row]:
-        """Index vectors, backbone features (stored so Tag/Caption by id never read a file; None when the bundle
-        has no feature output) and, when the bundle has a tagger, each image's predicted Chinese tags (stored in
-        the metadata so Search can filter on them, exactly as the indexer does)."""
-        if not self.bundle.has_features:
-            return [Row({"image": v, "feature": None}, extra=()) for v in self.bundle.encode_pixels(pixels)]
-        emb, feat = self.bundle.encode_pixels_with_features(pixels)
-        tagger = self.bundle.tagger
-        tags = (
-            confident_tags(tagger.predict(feat), self.min_tag_score)
-            if tagger is not None
-            else [()] * len(emb)
-        )
-        return [Row({"image": e, "feature": f}, extra=t) for e, f, t in zip(emb, feat, tags, strict=True)]
-
-    def _meta(self, n: int, item: NewImage) -> ImageMeta:
-        """The new image's metadata, checked before anything is decoded."""
-        lim = self.limits
-        image_id = (item.id or "").strip() or hashlib.sha256(item.image_bytes or b"").hexdigest()
-        if len(image_id) > lim.max_id_chars:
-            raise InvalidArgument(f"item {n}: id longer than {lim.max_id_chars} characters")
-        caption = (item.caption or "").strip()
-        if len(caption) > lim.max_caption_chars:
-            raise InvalidArgument(f"item {n}: caption longer than {lim.max_caption_chars} characters")
-        tags = tuple(t.strip() for t in item.tags if t.strip())
-        return ImageMeta(image_id, item.uri or "", (caption,) if caption else (), tags)
 
     def delete(self, ids: Sequence[str]) -> Deleted:
         """Remove images -> (deleted ids, ids not found)."""
-        with self._writes:
-            with self._lock.write():
-                deleted, missing = self.index.remove(ids)
-                if deleted and self.index.needs_compaction():
-                    self.index.compact()
-            if deleted:
-                self._persist()
+        if self.store is not None:
+            try:
+                deleted, missing = self.store.remove(ids)
+            except OSError as e:
+                raise _persist_error(self.folder, e) from e
+            return Deleted(deleted, missing)
+        with self._writes, self._lock.write():
+            deleted, missing = self.index.remove(ids)
+            if deleted and self.index.needs_compaction():
+                self.index.compact()
         return Deleted(deleted, missing)
 
     def save(self) -> None:
-        """Persist now (no-op when nothing changed since the last save)."""
-        self._persist()
-
-    def _persist(self) -> None:
-        if not self.persist:
-            return
-        with self._save_lock, self._lock.read():  # save does not mutate; writers wait, searches go on
-            if self.index.version == self._saved_version:
-                return  # a concurrent caller already saved this version
+        """Write a full snapshot now (every change is durable in the change log anyway)."""
+        if self.store is not None:
+            self.store.wait()
             try:
-                self.index.save(self.folder)
+                self.store.snapshot()
             except OSError as e:
-                log.exception("saving the index to %s failed", self.folder)
-                raise IndexPersistError(
-                    f"index change is live but saving to {self.folder} failed: {e}"
-                ) from e
-            self._saved_version = self.index.version
+                raise _persist_error(self.folder, e) from e
 
     # -- tagging and captioning ---------------------------------------------------------------------------------
     @property
     def annotator(self) -> Any:
         """Tagging and captioning of query images and indexed images (``xlsearch.search.annotate.Annotator``)."""
-        with self._save_lock:
+        with self._init_lock:
             if self._annotator is None:
                 self._annotator = Annotator(self)
             return self._annotator
@@ -409,11 +389,16 @@ class SearchEngine:
                 cl_space=ix.cl_space,
                 tags=len(ix.tag_counts()),
                 folder=str(self.folder) if self.folder else "",
-                saved_version=self._saved_version,
+                saved_version=ix.version if self.store is not None else -1,
                 created=ix.created,
                 updated=ix.updated,
                 source_roots=tuple(ix.source_roots),
             )
+
+
+def _persist_error(folder: Path | None, e: OSError) -> IndexPersistError:
+    log.error("writing the change log of %s failed: %s", folder, e)
+    return IndexPersistError(f"the change was not applied: writing the change log in {folder} failed: {e}")
 
 
 def _check_vector(v: Any, dim: int, what: str) -> np.ndarray:
