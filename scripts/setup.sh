@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
-APT_PACKAGES=(tuxpaint-stamps-default redis-server prometheus libcairo2 python3-venv)
+# chromium + fonts-noto-cjk: the web page's browser tests (tests/web); the screenshot shows Chinese
+APT_PACKAGES=(tuxpaint-stamps-default redis-server prometheus libcairo2 python3-venv build-essential chromium fonts-noto-cjk)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -39,7 +39,15 @@ ALLOWED = {
     "xlsearch_server": {"xlsearch"},
     "xlsearch_training": {"xlsearch"},
     "xlsearch_bench": {"xlsearch", "xlsearch_server", "xlsearch_indexer", "xlsearch_client"},
-    "xlsearch_cli": {"xlsearch", "xlsearch_server", "xlsearch_indexer", "xlsearch_bench", "xlsearch_client"},
+    # xlsearch_training: only `xlsearch bundle` (pretrained tower export), imported lazily inside that command
+    "xlsearch_cli": {
+        "xlsearch",
+        "xlsearch_server",
+        "xlsearch_indexer",
+        "xlsearch_bench",
+        "xlsearch_client",
+        "xlsearch_training",
+    },
 }
 
 

@@ -1,4 +1,5 @@
-"""`xlsearch` command line (torch-free). Training lives in `xlsearch-train` (the `[train]` extra)."""
+"""`xlsearch` command line (torch-free). Training lives in `xlsearch-train` (the `[train]` extra); `xlsearch bundle`
+is forwarded, lazily, to the training package (it exports PyTorch towers)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,18 @@ def _forward(command: str, argv: list[str]) -> int:
         from xlsearch_server.cli import main
     elif command == "loadbench":
         from xlsearch_bench.cli import main
+    elif command == "bundle":
+        # Exporting PyTorch towers needs torch: the one command forwarded to the training package, imported only
+        # here (tests/test_layers.py allows xlsearch_cli -> xlsearch_training for it).
+        try:
+            from xlsearch_training.pretrained.cli import main
+        except ImportError as e:
+            print(
+                f"xlsearch: error: `xlsearch bundle` exports PyTorch models and needs the training extra "
+                f"(pip install -e '.[train]'): {e}",
+                file=sys.stderr,
+            )
+            return 2
     elif command in CLIENT_COMMANDS:
         try:
             from xlsearch_client.cli import main as client_main
@@ -70,6 +83,7 @@ FORWARDED = {
     "stats": "what a running server serves",
     "health": "gRPC health of a running server (exit 0 when SERVING)",
     "loadbench": "gRPC load and index scale benchmarks (xlsearch loadbench -h)",
+    "bundle": "zero-training bundles from pretrained towers, needs the [train] extra (xlsearch bundle -h)",
 }
 CLIENT_COMMANDS = ("search", "tag", "caption", "add", "delete", "stats", "health")
 

@@ -7,7 +7,7 @@ Spec (in the bundle manifest's ``sentence_encoder``; paths relative to the bundl
      "pooling": "mean", "normalize": true, "max_length": 512,
      "prefixes": {"query": "query: ", "passage": "passage: "},
      "inputs": {"ids": "input_ids", "mask": "attention_mask", "type_ids": "token_type_ids"},
-     "output": "last_hidden_state"}
+     "output": "last_hidden_state", "info": {...}}
 
 The graph takes int64 ``input_ids`` / ``attention_mask`` (and ``token_type_ids`` when it declares it) of any batch
 and sequence length and returns token states ``[B,T,H]`` (pooled here: ``mean`` over the mask or ``cls``, the first
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,10 +50,12 @@ class OnnxSentenceEncoder:
         batch_size: int = 32,
         num_threads: int | None = None,
         lower_case: bool = False,
+        info: dict[str, Any] | None = None,
     ) -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.name = name
+        self.info = dict(info or {})  # informational (how it was exported, its parity check)
         self.pooling = pooling
         self.normalize = normalize
         self.prefixes = {"query": "", "passage": "", **(prefixes or {})}
