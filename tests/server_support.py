@@ -20,6 +20,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from xlsearch.common.timing import StageTimer
+from xlsearch.errors import NotFound
+from xlsearch.index.image_index import ImageMeta
 from xlsearch.search.errors import ComponentMissing
 from xlsearch.search.types import (
     STAGES,
@@ -153,6 +155,7 @@ def test_settings(**overrides: Any) -> ServerSettings:
         "host": "127.0.0.1",
         "port": 0,
         "metrics_port": 0,
+        "http_port": None,  # the HTTP tests (tests/server/test_http*.py) ask for one
         "max_image_bytes": 256 * 1024,
         "max_message_bytes": 1024 * 1024,
         "grace_seconds": 1.0,
@@ -217,6 +220,11 @@ class ScriptedEngine:
         self.ids.extend(new)
         self.index_version += 1
         return new
+
+    def get(self, image_id: str) -> ImageMeta:
+        if image_id not in self.ids:
+            raise NotFound(f"no image with id {image_id!r}")
+        return ImageMeta(image_id, f"file:///{image_id}.png", (f"caption {image_id}",), ())
 
     def delete(self, ids: Sequence[str]) -> Deleted:
         gone = [i for i in ids if i in self.ids]

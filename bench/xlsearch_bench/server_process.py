@@ -99,7 +99,7 @@ class ServerProcess:
             "--index",
             str(self.index),
         ]
-        settings = {"host": "127.0.0.1", "port": "0", "metrics_port": "0"}
+        settings = {"host": "127.0.0.1", "port": "0", "metrics_port": "0", "http_port": "0"}
         if self.cache_ttl is not None:
             settings["cache_ttl_seconds"] = str(self.cache_ttl)
         settings.update({k: v for k, v in self.config.settings.items() if k != "command"})

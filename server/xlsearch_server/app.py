@@ -30,6 +30,10 @@ from xlsearch_server.grpc_api.auth import AuthInterceptor
 from xlsearch_server.grpc_api.guards import DecodeInterceptor, LimitInterceptor
 from xlsearch_server.grpc_api.interceptors import InFlightCalls, MetricsInterceptor
 from xlsearch_server.grpc_api.servicer import ImageSearchServicer
+from xlsearch_server.http_api.guard import Guard
+from xlsearch_server.http_api.routes import Routes, build_app
+from xlsearch_server.http_api.server import HttpServer, HttpStartError
+from xlsearch_server.http_api.thumbnails import Thumbnails
 from xlsearch_server.metrics import MetricsEndpoint, ServerMetrics
 from xlsearch_server.security import ApiKeys, Authenticator, KeyFileError, exposure_problem, is_loopback
 from xlsearch_server.service.cache import SearchCache, build_cache
@@ -75,12 +79,15 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
 
 
 def load_keys(settings: ServerSettings) -> ApiKeys:
-    """The configured API keys, after the loopback rule (see auth.exposure_problem)."""
+    """The configured API keys, after the loopback rule (see auth.exposure_problem), for the gRPC host and the
+    HTTP host alike."""
     try:
         keys = ApiKeys.from_settings(settings)
     except KeyFileError as e:
         raise ServerStartError(str(e)) from None
     problem = exposure_problem(settings, keys)
+    if problem is None and settings.http_port is not None and settings.http_host:
+        problem = exposure_problem(settings.model_copy(update={"host": settings.http_host}), keys)
     if problem is not None:
         raise ServerStartError(problem)
     return keys
@@ -128,6 +135,8 @@ class SearchServer:
         self.limits: CallLimiter | None = None
         self._server: grpc.aio.Server | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
+        self._http: HttpServer | None = None
+        self.http_port: int | None = None
         self._cache: SearchCache | None = None
         self._service: SearchService | None = None
         self._load_task: asyncio.Task[None] | None = None
@@ -209,7 +218,49 @@ class SearchServer:
             self.metrics_port = self._metrics_endpoint.start()
             log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
 
+        if s.http_port is not None:
+            await self._start_http(Authenticator(keys) if keys else None, security)
+
         self._load_task = asyncio.create_task(self._load(), name="xlsearch-load")
+
+    async def _start_http(self, authenticator: Authenticator | None, security: str) -> None:
+        """The HTTP/JSON API and the web page: same service, limiter, keys and TLS files as gRPC."""
+        s = self.settings
+        assert self._service is not None and self.limits is not None
+        thumbnails = Thumbnails(self._service, self._runner, self._service.limits, s.image_root_paths)
+        routes = Routes(self._service, thumbnails, s.add_idle_timeout_seconds)
+        app = build_app(routes, Guard(self.metrics, authenticator, self.limits), self._readiness)
+        host = s.http_host or s.host
+        self._http = HttpServer(
+            app,
+            host,
+            s.http_port or 0,
+            tls_cert=s.tls_cert,
+            tls_key=s.tls_key,
+            tls_client_ca=s.tls_client_ca,
+            grace_seconds=s.grace_seconds,
+        )
+        try:
+            self.http_port = await self._http.start()
+        except HttpStartError as e:
+            raise ServerStartError(str(e)) from None
+        scheme = "https" if self._http.tls else "http"
+        log.info(
+            "listening on %s:%d (HTTP, %s); web page %s://%s:%d/",
+            host,
+            self.http_port,
+            security,
+            scheme,
+            _bracket(host),
+            self.http_port,
+        )
+
+    def _readiness(self) -> tuple[bool, str]:
+        if self._stopped:
+            return False, "stopping"
+        if self._loaded.is_set():
+            return True, ""
+        return False, self.slot.error or "still loading"
 
     async def _load(self) -> None:
         s = self.settings
@@ -263,6 +314,7 @@ class SearchServer:
         grace = self.settings.grace_seconds if grace is None else grace
         await self.health.enter_graceful_shutdown()
         self.metrics.ready.set(0)
+        http_stopping = asyncio.ensure_future(self._http.stop()) if self._http is not None else None
         if self._server is not None:
             # stop(grace) refuses new calls at once; calls with one response get up to `grace` to finish, then
             # stop(None) cancels what is left, including streams that never end (health Watch, reflection).
@@ -270,6 +322,8 @@ class SearchServer:
             await self._in_flight.wait_idle(grace)
             await self._server.stop(None)
             await stopping
+        if http_stopping is not None:
+            await http_stopping
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
         self._runner.shutdown()

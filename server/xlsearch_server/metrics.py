@@ -44,6 +44,25 @@ class ServerMetrics:
             ["service", "method"],
             registry=registry,
         )
+        self.http_requests = Counter(
+            "xlsearch_http_requests_total",
+            "HTTP requests handled, by route (path template), method and status code",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.http_seconds = Histogram(
+            "xlsearch_http_request_duration_seconds",
+            "HTTP request latency, by route (path template), method and status code",
+            ["route", "method", "status"],
+            buckets=RPC_BUCKETS,
+            registry=registry,
+        )
+        self.http_in_flight = Gauge(
+            "xlsearch_http_requests_in_flight",
+            "HTTP requests being handled, by route",
+            ["route"],
+            registry=registry,
+        )
         self.stage_seconds = Histogram(
             "xlsearch_stage_seconds",
             "Time spent in each search stage (cached searches skip them)",
@@ -115,6 +134,10 @@ class ServerMetrics:
     def observe_error(self, kind: str, code: str) -> None:
         """A failed call: ``kind`` the error class, ``code`` the transport-neutral code name."""
         self.errors.labels(kind, code).inc()
+
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.http_requests.labels(route, method, str(status)).inc()
+        self.http_seconds.labels(route, method, str(status)).observe(seconds)
 
     def observe_stages(self, timings: Mapping[str, float]) -> None:
         for stage, seconds in timings.items():

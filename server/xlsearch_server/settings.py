@@ -44,6 +44,21 @@ class ServerSettings(BaseSettings):
     metrics_port: int | None = Field(
         9464, ge=0, le=65535, description="Prometheus /metrics port (0: any free port; unset/none: disabled)"
     )
+    http_host: str | None = Field(
+        None, description="HTTP/JSON API and web page bind address (default: same as host)"
+    )
+    http_port: int | None = Field(
+        8080,
+        ge=0,
+        le=65535,
+        description="HTTP/JSON API and web page port, same process and limits as gRPC (0: any free port, logged "
+        "at start; none: no HTTP)",
+    )
+    image_roots: str | None = Field(
+        None,
+        description="folders (separated by ':') whose images the HTTP API may show as thumbnails, besides the "
+        "source folders the index records; a stored uri outside all of them is never opened",
+    )
 
     # Limits.
     max_message_bytes: int = Field(16 * MiB, gt=0, description="largest gRPC message, received or sent")
@@ -55,9 +70,16 @@ class ServerSettings(BaseSettings):
     )
     max_images_per_call: int = Field(1000, gt=0, description="most images one AddImages stream may carry")
     max_add_bytes: int = Field(256 * MiB, gt=0, description="most image bytes one AddImages stream may carry")
-    require_chinese: bool = Field(True, description="refuse queries without a Chinese character")
+    require_chinese: bool = Field(
+        False,
+        description="refuse queries without a Chinese character (off: Chinese, English and mixed queries are "
+        "all searched; the query encoders are multilingual)",
+    )
     require_words: bool = Field(True, description="refuse queries of symbols, punctuation or emoji only")
     max_tags: int = Field(32, gt=0, description="most tags one Search may filter on")
+    max_offset: int = Field(
+        10_000, ge=0, description="largest Search offset (paging: offset + top_k images are ranked exactly)"
+    )
     max_image_pixels: int = Field(
         DEFAULT_MAX_PIXELS,
         gt=0,
@@ -157,6 +179,11 @@ class ServerSettings(BaseSettings):
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
         return self
+
+    @property
+    def image_root_paths(self) -> list[Path]:
+        """The configured ``image_roots`` (the index's own recorded source folders come on top)."""
+        return [Path(p) for p in (self.image_roots or "").split(":") if p.strip()]
 
     @property
     def cache_backend(self) -> str:

@@ -88,7 +88,18 @@ sys.exit(asyncio.run(serve(settings, engine_loader=lambda s: ScriptedEngine(sear
 
 def test_sigterm_finishes_the_in_flight_call_then_exits_zero():
     server = ServerProcess(
-        ["-c", SCRIPTED_SERVER, "--port", "0", "--metrics-port", "none", "--grace-seconds", "5"]
+        [
+            "-c",
+            SCRIPTED_SERVER,
+            "--port",
+            "0",
+            "--metrics-port",
+            "none",
+            "--http-port",
+            "0",
+            "--grace-seconds",
+            "5",
+        ]
     )
     try:
         address = f"127.0.0.1:{server.wait_for(LISTENING).group(1)}"
@@ -125,6 +136,8 @@ def test_xlsearch_serve_with_a_real_bundle_serves_then_exits_on_sigterm(pair: Se
             "--port",
             "0",
             "--metrics-port",
+            "0",
+            "--http-port",
             "0",
             "--onnx-threads",
             "1",
