@@ -104,6 +104,8 @@ class ServerProcess:
             settings["cache_ttl_seconds"] = str(self.cache_ttl)
         settings.update({k: v for k, v in self.config.settings.items() if k != "command"})
         for key, value in settings.items():
+            if value == "":  # `key=` in a config drops the flag (e.g. one an older server does not know)
+                continue
             argv += [f"--{key.replace('_', '-')}", value]
         return argv + self.extra_args
 

@@ -8,7 +8,13 @@ import time
 from collections.abc import Sequence
 
 from xlsearch.common.timing import StageTimer
-from xlsearch.index.image_index import DEFAULT_FACTORY, BundleKey, IndexFormatError
+from xlsearch.index.image_index import (
+    DEFAULT_EF_SEARCH,
+    DEFAULT_FACTORY,
+    DEFAULT_NPROBE,
+    BundleKey,
+    IndexFormatError,
+)
 from xlsearch_indexer.encoder import DEFAULT_MIN_TAG_SCORE, BundleEncoder, ImageDecoder
 from xlsearch_indexer.job import IndexWriter, JobResult, checkpoint_for, run_job
 from xlsearch_indexer.sources import folder_source, manifest_source
@@ -24,6 +30,7 @@ STAGE_ORDER = (
     "wait",
     "encode_images",
     "encode_captions",
+    "wait_captions",
     "checkpoint",
 )
 STAGE_ORDER += ("index", "save")
@@ -53,6 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--factory",
         default=DEFAULT_FACTORY,
         help="IDMap,Flat (exact) | HNSW32 | IVF256,Flat | IVFauto,PQ32 ...",
+    )
+    ap.add_argument(
+        "--ef-search",
+        type=int,
+        default=None,
+        help=f"HNSW: candidates per search, stored in the index (default: {DEFAULT_EF_SEARCH}; the server's "
+        "--ef-search overrides)",
+    )
+    ap.add_argument(
+        "--nprobe",
+        type=int,
+        default=None,
+        help=f"IVF: lists visited per search, stored in the index (default: {DEFAULT_NPROBE}; the server's "
+        "--nprobe overrides)",
     )
     ap.add_argument("--batch-size", type=int, default=32, help="images per ONNX Runtime call")
     ap.add_argument("--workers", type=int, default=min(4, cpus), help="image decoding threads")
@@ -113,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         with timer("load"):
             bundle = Bundle(args.bundle, intra_op_threads=args.threads)
-        writer = IndexWriter(bundle, args.factory, args.out)
+        writer = IndexWriter(bundle, args.factory, args.out, ef_search=args.ef_search, nprobe=args.nprobe)
         result = run_job(
             source,
             ImageDecoder(bundle.preprocess_config, args.max_image_bytes),

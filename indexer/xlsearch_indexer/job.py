@@ -3,8 +3,8 @@
 
 - reader: a ``Source`` (``xlsearch_indexer.sources``): the items to index, in order.
 - mapper: ``ImageDecoder`` (in a thread pool: file size check, decode, preprocess) and an ``Encoder`` (ONNX image
-  encoder + English caption encoder in the bundle's CL space + the bundle's tagger, when it has one), batch by
-  batch.
+  encoder + the bundle's tagger, when it has one), batch by batch; meanwhile ``captions.CaptionStage`` encodes each
+  distinct first caption once (the English caption encoder in the bundle's CL space) in its own thread.
 - checkpoint: every ``chunk_size`` mapped items are written atomically to a work folder next to the output, keyed
   by bundle hash; a rerun reuses every row whose fingerprint (id, path, size, mtime, first caption) still matches.
 - writer: ``IndexWriter`` builds the ``ImageIndex``, attaches ``report.json`` and saves it atomically.
@@ -29,6 +29,7 @@ from xlsearch.encode.pipeline import Checkpoint, Row, run_resumable
 from xlsearch.encode.pipeline import fingerprint as _fingerprint
 from xlsearch.encode.preprocess import ImageError
 from xlsearch.index.image_index import BundleKey, ImageIndex, ImageMeta
+from xlsearch_indexer.captions import CaptionStage
 from xlsearch_indexer.encoder import BundleEncoder, Encoder, ImageDecoder
 from xlsearch_indexer.sources import Source, SourceItem
 
@@ -57,30 +58,20 @@ def merge_tags(given: Sequence[str], predicted: Sequence[str]) -> tuple[str, ...
 def checkpoint_for(out: str | os.PathLike[str], key: BundleKey) -> Checkpoint[SourceItem]:
     """The work folder next to ``out``, one per bundle: ``.<out>.work-<bundle hash>``."""
     out = Path(out).absolute()
-    dims = {"image": key.dim, "caption": key.cl_dim}
+    dims = {"image": key.dim}
     if key.feature_dim:
         dims["feature"] = key.feature_dim
     return Checkpoint(out.parent / f".{out.name}.work-{key.bundle_hash[:16]}", dims)
 
 
 def encode_rows(encoder: Encoder, timer: StageTimer) -> Callable[[list[SourceItem], np.ndarray], list[Row]]:
-    """The pipeline's encode step: image vectors, features and predicted tags; CL vectors of the first captions."""
+    """The pipeline's encode step: image vectors, features and predicted tags (captions: ``CaptionStage``)."""
 
     def encode(items: list[SourceItem], pixels: np.ndarray) -> list[Row]:
         with timer("encode_images"):
             vecs, feats, tags = encoder.encode_images_and_tags(pixels)
-        captioned = [n for n, it in enumerate(items) if it.captions]
-        caps: list[np.ndarray | None] = [None] * len(items)
-        if captioned:
-            with timer("encode_captions"):
-                cv = encoder.encode_captions([items[n].captions[0] for n in captioned])
-            for n, v in zip(captioned, cv, strict=True):
-                caps[n] = v
         return [
-            Row(
-                {"image": vecs[n], "caption": caps[n], "feature": None if feats is None else feats[n]},
-                extra=list(tags[n]),
-            )
+            Row({"image": vecs[n], "feature": None if feats is None else feats[n]}, extra=list(tags[n]))
             for n in range(len(items))
         ]
 
@@ -91,8 +82,18 @@ def encode_rows(encoder: Encoder, timer: StageTimer) -> Callable[[list[SourceIte
 class IndexWriter:
     """Builds the index from mapped rows and saves it atomically with its report."""
 
-    def __init__(self, bundle: Any, factory: str, out: str | os.PathLike[str]):
+    def __init__(
+        self,
+        bundle: Any,
+        factory: str,
+        out: str | os.PathLike[str],
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+    ):
+        if (ef_search is not None and ef_search < 1) or (nprobe is not None and nprobe < 1):
+            raise ValueError("--ef-search and --nprobe must be >= 1")
         self.bundle, self.factory, self.out = bundle, factory, Path(out)
+        self.ef_search, self.nprobe = ef_search, nprobe
         self.key = BundleKey.of(bundle)
         ImageIndex.create(self.key, factory)  # fail fast on a bad factory string
 
@@ -121,6 +122,10 @@ class IndexWriter:
                 )
         index.report = report
         index.source_roots = list(roots)
+        if self.ef_search is not None:
+            index.ef_search = self.ef_search
+        if self.nprobe is not None:
+            index.nprobe = self.nprobe
         with timer("save"):
             return index.save(self.out)
 
@@ -162,7 +167,21 @@ def run_job(
     timer = timer or StageTimer()
     t_start = time.perf_counter()
     items = source.items
-    with tqdm(total=len(items), unit="img", desc="indexing", disable=not progress) as bar, timer("map"):
+    texts = list(dict.fromkeys(it.captions[0] for it in items if it.captions))
+    with (
+        tqdm(total=len(items), unit="img", desc="images", disable=not progress) as bar,
+        tqdm(total=len(texts), unit="caption", desc="captions", disable=not progress) as cap_bar,
+        timer("map"),
+    ):
+        captions = CaptionStage(
+            texts,
+            encoder.encode_captions,
+            checkpoint.folder / "captions",
+            writer.key.cl_dim,
+            chunk_size=chunk_size,
+            timer=timer,
+            on_progress=cap_bar.update,
+        ).start()
         done = run_resumable(
             items,
             lambda it: (it.id, fingerprint(it)),
@@ -176,7 +195,12 @@ def run_job(
             timer=timer,
             on_progress=bar.update,
         )
+        with timer("wait_captions"):
+            vectors = captions.result()
     rows = done.rows
+    for it, r in zip(items, rows, strict=True):
+        if not r.skipped:
+            r.vectors["caption"] = vectors[it.captions[0]] if it.captions else None
     skipped = [
         {"id": it.id, "path": str(it.path), "reason": r.reason}
         for it, r in zip(items, rows, strict=True)
@@ -193,6 +217,7 @@ def run_job(
         "n_skipped": len(skipped),
         "skipped": skipped,
         "warnings": source.warnings,
+        "distinct_captions": len(texts),
         "reused_from_checkpoint": done.reused,
         "computed": done.computed,
         "settings": settings or {"batch_size": batch_size, "workers": workers, "chunk_size": chunk_size},

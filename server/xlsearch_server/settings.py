@@ -150,6 +150,30 @@ class ServerSettings(BaseSettings):
     worker_threads: int = Field(
         2, gt=0, description="threads running searches, Tag, Caption and stats next to the event loop"
     )
+    encoder_instances: int | None = Field(
+        None,
+        gt=0,
+        description="query (sentence) encoder instances encoding at once, each with onnx_threads threads "
+        "(none: one per CPU)",
+    )
+    query_batch_max: int = Field(
+        16, gt=0, description="most queries encoded together (queries queued while every encoder is busy)"
+    )
+    query_batch_window_ms: float = Field(
+        0.0, ge=0, description="how long a free encoder waits for more queries before encoding (0: never waits)"
+    )
+    ef_search: int | None = Field(
+        None, gt=0, description="HNSW indexes: candidate list size per search (none: the index's own setting)"
+    )
+    nprobe: int | None = Field(
+        None, gt=0, description="IVF indexes: lists visited per search (none: the index's own setting)"
+    )
+    snapshot_min_mib: float = Field(
+        64.0, gt=0, description="the index change log is snapshotted once above this size and snapshot_fraction"
+    )
+    snapshot_fraction: float = Field(
+        0.5, gt=0, description="... and above this fraction of the index's snapshot size (background snapshot)"
+    )
     write_threads: int = Field(
         1,
         gt=0,

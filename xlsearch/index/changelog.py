@@ -132,6 +132,19 @@ def encode(change: Change) -> bytes:
 
 
 def decode(seq: int, payload: bytes) -> Change:
+    try:
+        return _decode(seq, payload)
+    except (
+        struct.error,
+        ValueError,
+        KeyError,
+        TypeError,
+        IndexError,
+    ) as e:  # checksummed, so not a torn write
+        raise IndexFormatError(f"change log record {seq} cannot be read: {e}") from None
+
+
+def _decode(seq: int, payload: bytes) -> Change:
     (n,) = struct.unpack_from("<I", payload)
     header = json.loads(payload[4 : 4 + n].decode("utf-8"))
     pos = 4 + n

@@ -53,7 +53,9 @@ from xlsearch.index.snapshot import (
 from xlsearch.index.table import VectorTable, id_array
 
 __all__ = [
+    "DEFAULT_EF_SEARCH",
     "DEFAULT_FACTORY",
+    "DEFAULT_NPROBE",
     "INDEX_FORMAT",
     "BundleKey",
     "ImageIndex",
@@ -62,6 +64,12 @@ __all__ = [
     "IndexMismatchError",
     "read_index_key",
 ]
+
+
+# Search parameters of approximate indexes (stored in the manifest; `xlsearch index` / `xlsearch serve` flags).
+# docs/benchmarks.md records the recall@10 each gives at 100k and 1M vectors.
+DEFAULT_NPROBE = 16
+DEFAULT_EF_SEARCH = 128
 
 
 def _now() -> str:
@@ -82,8 +90,8 @@ class ImageIndex:
         self.next_id = 0
         self.uid = uuid.uuid4().hex
         self.created = self.updated = _now()
-        self.nprobe = 16  # IVF lists visited per query
-        self.ef_search = 128  # HNSW candidate list size (raised to k when k is larger)
+        self.nprobe = DEFAULT_NPROBE  # IVF lists visited per query
+        self.ef_search = DEFAULT_EF_SEARCH  # HNSW candidate list size (raised to k when k is larger)
         self.report: dict[str, Any] | None = None  # the batch indexer's report.json, kept across saves
         self.snapshot_version = -1  # the version the folder's snapshot holds (-1: none)
         # folders the batch indexer read the images from (absolute, resolved)

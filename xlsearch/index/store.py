@@ -58,7 +58,9 @@ class IndexStore:
         self.background = background
         if index.folder is None or Path(index.folder).absolute() != self.folder:
             index.save(self.folder)  # a fresh or moved index: its first snapshot, so the log has a base
-        self.log = ChangeLog(self.folder)
+        self._log: ChangeLog | None = (
+            None  # opened on the first change: serving alone never writes the folder
+        )
         self._snapshot_bytes = folder_bytes(self.folder)
         self._snapshotting = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -101,6 +103,12 @@ class IndexStore:
             self._maybe_snapshot()
         return present, missing
 
+    @property
+    def log(self) -> ChangeLog:
+        if self._log is None:
+            self._log = ChangeLog(self.folder)  # cuts off a torn tail left by a kill during an append
+        return self._log
+
     def _append(self, payload: bytes) -> int:
         n = self.log.append(self.index.version + 1, payload)
         self.logged_bytes += n
@@ -109,11 +117,11 @@ class IndexStore:
     # -- snapshots -----------------------------------------------------------------------------------------------
     @property
     def log_bytes(self) -> int:
-        return self.log.size
+        return self._log.size if self._log is not None else 0
 
     def snapshot_due(self) -> bool:
         limit = max(self.snapshot_min_bytes, self.snapshot_fraction * self._snapshot_bytes)
-        return self.log.size > limit
+        return self.log_bytes > limit
 
     def _maybe_snapshot(self) -> None:
         if not self.snapshot_due() or self._snapshotting.locked():
@@ -149,8 +157,9 @@ class IndexStore:
 
             try:
                 write_snapshot(self.folder, frozen, self.index.features, before_swap=carry_log)
-                old, self.log = self.log, ChangeLog(self.folder)
-                old.close()
+                old, self._log = self._log, ChangeLog(self.folder)
+                if old is not None:
+                    old.close()
             finally:
                 if held[0]:
                     self.writes.release()
@@ -171,4 +180,5 @@ class IndexStore:
 
     def close(self) -> None:
         self.wait()
-        self.log.close()
+        if self._log is not None:
+            self._log.close()

@@ -54,16 +54,30 @@ def load_engine(settings: ServerSettings) -> Engine:
     import faiss
 
     from xlsearch.bundle.runtime import Bundle
+    from xlsearch.encode.onnx import available_cpus
     from xlsearch.index.image_index import ImageIndex
     from xlsearch.search.engine import SearchEngine
 
     check_pair(settings.bundle, settings.index)
     # A single-query search gains nothing from OpenMP; its spinning threads only slow the encoders down.
     faiss.omp_set_num_threads(1)
-    bundle = Bundle(settings.bundle, intra_op_threads=settings.onnx_threads)
-    index = ImageIndex.load(settings.index, bundle)
+    instances = settings.encoder_instances or available_cpus()
+    bundle = Bundle(settings.bundle, intra_op_threads=settings.onnx_threads, sentence_instances=instances)
+    index = ImageIndex.load(settings.index, bundle)  # the snapshot + the change log after it
+    if settings.ef_search is not None:
+        index.ef_search = settings.ef_search
+    if settings.nprobe is not None:
+        index.nprobe = settings.nprobe
     engine = SearchEngine(
-        bundle, index, limits=Limits.from_settings(settings), min_tag_score=settings.min_tag_score
+        bundle,
+        index,
+        limits=Limits.from_settings(settings),
+        min_tag_score=settings.min_tag_score,
+        encode_slots=instances,
+        max_query_batch=settings.query_batch_max,
+        query_batch_window=settings.query_batch_window_ms / 1000.0,
+        snapshot_min_bytes=int(settings.snapshot_min_mib * (1 << 20)),
+        snapshot_fraction=settings.snapshot_fraction,
     )
     engine.warmup()  # lazy encoders load now, so health turns SERVING only when the first search is fast
     return engine
