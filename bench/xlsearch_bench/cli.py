@@ -137,13 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--hnsw-ef-construction", type=int, default=None, help="HNSW efConstruction (faiss default 40)"
     )
-    s.add_argument(
-        "--hnsw-store",
-        choices=["copy", "shared"],
-        default="copy",
-        help="shared: HNSW without the second exact vector copy "
-        "(what-if for a proposed xlsearch/index/table.py change)",
-    )
     s.add_argument("--spread", type=float, default=0.5, help="synthetic noise scale (x real covariance)")
     s.add_argument("--rank", type=int, default=256, help="principal directions of the synthetic noise")
     s.add_argument("--chunk", type=int, default=50_000, help="rows per add / generation batch")
@@ -173,12 +166,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.7,
         help="skip a build estimated above this share of free RAM",
     )
+    a = sub.add_parser(
+        "adds", help="AddImages persistence: latency and bytes written per add vs index size, before vs after"
+    )
+    a.add_argument("--sizes", type=parse_size, nargs="+", default=[10_000, 100_000, 1_000_000])
+    a.add_argument("--batches", type=int_list, default=[1, 100], help="images per add")
+    a.add_argument("--repeat", type=int, default=10, help="adds per size and batch")
+    a.add_argument("--repeat-1m-before", type=int, default=3, help="adds at 1M for the old code (slow)")
+    a.add_argument(
+        "--feature-dim", type=int, default=1280, help="backbone feature width (this code stores it)"
+    )
+    a.add_argument("--factory", default="IDMap,Flat")
+    a.add_argument("--before-code-root", help="a checkout of the old code (e.g. /work/base) to run beside")
+    a.add_argument("--work", help="scratch folder (default: a temp folder)")
+    a.add_argument("--out", help="write the JSON results here")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not (args.manifest or args.queries_file):
+    if args.mode != "adds" and not (args.manifest or args.queries_file):
         print("xlsearch loadbench: error: give --manifest or --queries-file for the queries", file=sys.stderr)
         return 2
     if args.mode == "grpc" and not args.target and not (args.bundle and args.index):
@@ -188,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "grpc":
         from xlsearch_bench.grpc_load import run_grpc as run
         from xlsearch_bench.grpc_tables import grpc_tables as render
+    elif args.mode == "adds":
+        from xlsearch_bench.adds import adds_tables as render
+        from xlsearch_bench.adds import run_adds as run
     else:
         from xlsearch_bench.scale import run_scale as run
         from xlsearch_bench.scale_tables import scale_tables as render

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from xlsearch.search.types import STAGES
-from xlsearch_bench.machine import machine_info, process_cpu_seconds
+from xlsearch_bench.machine import machine_info, proc_status, process_cpu_seconds
 from xlsearch_bench.prometheus import scrape, stage_metrics
 from xlsearch_bench.queries import load_queries
 from xlsearch_bench.report import fmt, progress, summary_ms
@@ -128,7 +128,7 @@ def run_level(
     after = scrape(metrics_url)
     if failures:
         raise RuntimeError(f"client failed: {failures[0]!r}") from failures[0]
-    return level_stats(
+    stats = level_stats(
         [s for per in samples for s in per],
         wall,
         concurrency,
@@ -136,6 +136,12 @@ def run_level(
         client_cpu=client_cpu,
         metrics=stage_metrics(before, after) if before and after else None,
     )
+    if server_pid:
+        try:
+            stats["server_rss_mb"] = proc_status(server_pid).get("VmRSS", 0) / (1 << 20)
+        except OSError:
+            pass
+    return stats
 
 
 def level_stats(
@@ -198,6 +204,7 @@ def summarize_levels(levels: list[dict[str, Any]]) -> dict[str, Any]:
         "cached_fraction": _median_of(levels, "cached_fraction"),
         "server_cpu_ms_per_request": _median_of(levels, "server_cpu_ms_per_request"),
         "client_cpu_ms_per_request": _median_of(levels, "client_cpu_ms_per_request"),
+        "server_rss_mb": _median_of(levels, "server_rss_mb"),
     }
     for q in ("p50", "p95", "p99", "mean"):
         out[f"latency_{q}_ms"] = _median_of(levels, "latency_ms", q)

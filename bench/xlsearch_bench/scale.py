@@ -144,7 +144,6 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
             "onnx_threads": args.onnx_threads,
             "e5_threads": args.e5_threads,
             "pq_polysemous_training": args.pq_polysemous,
-            "hnsw_store": args.hnsw_store,
             "search_threads": args.search_threads or faiss.omp_get_max_threads(),
             "build_threads": faiss.omp_get_max_threads(),
             "hnsw_ef_construction": args.hnsw_ef_construction or 40,
@@ -180,8 +179,7 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
             }
             result["runs"].append(run)
             spec = parse_factory(factory)
-            shared = args.hnsw_store == "shared" and spec.kind == "hnsw"
-            need = estimate_bytes(n, real.img.shape[1], real.cap.shape[1], factory, shared)
+            need = estimate_bytes(n, real.img.shape[1], real.cap.shape[1], factory)
             run["estimated_mb"] = need / (1 << 20)
             avail = mem_available()
             if avail and need > args.memory_fraction * avail:
@@ -212,12 +210,7 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
                         args.chunk,
                         args.train_rows,
                         args.hnsw_ef_construction,
-                        shared,
                     )
-                    if shared:
-                        run["note"] = (
-                            "what-if: HNSW tables without the second exact store (--hnsw-store shared)"
-                        )
             except (ValueError, RuntimeError, MemoryError) as e:
                 run["skipped"] = f"{type(e).__name__}: {e}"
                 progress(f"{label} {factory}: skipped ({run['skipped']})")
@@ -228,8 +221,8 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
                 build_seconds=build_seconds,
                 generate_seconds=coll.gen_seconds,
                 rss_delta_mb=(rss_bytes() - rss0) / (1 << 20),
-                # float32 vector copies: the exact store, plus the ANN's own copy for HNSW / IVF-Flat
-                vectors_mb=(1 if spec.exact or shared or spec.codec != "Flat" else 2)
+                # one float32 copy of the vectors (IVF-PQ: a float16 store beside its codes)
+                vectors_mb=(0.5 if spec.kind == "ivf" and spec.codec != "Flat" else 1)
                 * n
                 * (real.img.shape[1] + real.cap.shape[1])
                 * 4

@@ -77,7 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--batch-size", type=int, default=32, help="images per ONNX Runtime call")
     ap.add_argument("--workers", type=int, default=min(4, cpus), help="image decoding threads")
-    ap.add_argument("--threads", type=int, default=cpus, help="ONNX Runtime intra-op threads")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=max(1, cpus // 2),
+        help="ONNX Runtime / sentence-encoder threads each (default: half the CPUs: images, captions and "
+        "decoding run side by side, docs/benchmarks.md)",
+    )
     ap.add_argument("--chunk-size", type=int, default=512, help="images per checkpoint chunk")
     ap.add_argument("--max-image-bytes", type=int, default=32 << 20, help="skip larger image files")
     ap.add_argument(

@@ -24,7 +24,8 @@ import numpy as np
 from xlsearch.common.timing import StageTimer
 from xlsearch.encode.encoder_pool import MicroBatcher
 from xlsearch.errors import InvalidArgument, NotFound
-from xlsearch.index.image_index import ImageIndex, ImageMeta
+from xlsearch.index.backend import DurableChanges, IndexBackend
+from xlsearch.index.image_index import ImageMeta
 from xlsearch.index.store import IndexStore
 from xlsearch.search.adding import ImagePreparer
 from xlsearch.search.annotate import Annotator
@@ -60,13 +61,15 @@ class SearchEngine:
     saved -> in memory only). ``initial_depth``: first D of the threshold loop (default max(4*top_k, 64)).
     ``encode_slots`` query batches encode at once (default: the bundle's sentence-encoder instances), each of at
     most ``max_query_batch`` queries, collected for ``query_batch_window`` seconds (0: only what is queued).
-    ``snapshot_min_bytes`` / ``snapshot_fraction``: when the change log triggers a background snapshot.
+    ``snapshot_min_bytes`` / ``snapshot_fraction``: when the change log triggers a background snapshot. ``index``
+    is any ``xlsearch.index.backend.IndexBackend``; ``store`` its durable changes (default: the FAISS folder's
+    ``IndexStore``).
     """
 
     def __init__(
         self,
         bundle: Any,
-        index: ImageIndex,
+        index: IndexBackend,
         folder: str | Path | None = None,
         limits: Limits | None = None,
         initial_depth: int | None = None,
@@ -78,6 +81,7 @@ class SearchEngine:
         query_batch_window: float = 0.0,
         snapshot_min_bytes: int = 64 << 20,
         snapshot_fraction: float = 0.5,
+        store: DurableChanges | None = None,
     ):
         index.check_compatible(bundle)
         self.bundle, self.index = bundle, index
@@ -90,8 +94,8 @@ class SearchEngine:
         self._lock = RWLock()
         self._init_lock = threading.Lock()
         self._writes = threading.Lock()  # one change at a time
-        self.store: IndexStore | None = None
-        if self.persist:
+        self.store: DurableChanges | None = store  # a backend that owns its durability brings its own
+        if self.store is None and self.persist:
             assert self.folder is not None
             self.store = IndexStore(
                 index,

@@ -283,3 +283,20 @@ def test_saved_folder_follows_the_umask(filled, tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert folder.stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
+
+
+def test_the_faiss_folder_implements_the_backend_interface(filled, tmp_path: Path) -> None:
+    """The engine's index interface (xlsearch.index.backend): ImageIndex reads and changes, IndexStore durability."""
+    import threading
+
+    from xlsearch.index.backend import DurableChanges, IndexBackend
+    from xlsearch.index.store import IndexStore
+    from xlsearch.search.locks import RWLock
+
+    ix, _, _ = filled
+    assert isinstance(ix, IndexBackend)
+    store = IndexStore(ix, tmp_path / "index", RWLock(), threading.Lock())
+    assert isinstance(store, DurableChanges)
+    assert store.remove(["img-001", "nope"]) == (["img-001"], ["nope"])
+    store.close()
+    assert ImageIndex.load(tmp_path / "index").count == 59
