@@ -52,18 +52,37 @@ GET_STATS = _method("GetStats")
 
 
 def search_request(
-    query: str, top_k: int, mode: str, alpha: float | None, tags: Iterable[str] | str | None
+    query: str,
+    top_k: int,
+    mode: str | None,
+    alpha: float | None,
+    tags: Iterable[str] | str | None,
+    min_score: float | None = None,
+    offset: int = 0,
+    image: bytes | ImageId | None = None,
 ) -> pb.SearchRequest:
-    key = str(mode).strip().upper()
-    if key not in MODES:
-        raise ValueError(f"unknown mode {mode!r}: use CL, CM or CLM")
+    """A text search, or with `image` (bytes or an indexed image's id) a search by image; `mode` None leaves it
+    to the server (CLM for a text, CM for an image)."""
     if isinstance(tags, str):
         tags = [tags]
-    request = pb.SearchRequest(query=query, top_k=int(top_k), mode=MODES[key], tags=list(tags or ()))
+    request = pb.SearchRequest(
+        query=query, top_k=int(top_k), tags=list(tags or ()), offset=operator.index(offset)
+    )
+    if mode is not None:
+        key = str(mode).strip().upper()
+        if key not in MODES:
+            raise ValueError(f"unknown mode {mode!r}: use CL, CM or CLM")
+        request.mode = MODES[key]
     if alpha is not None:
         if math.isnan(float(alpha)):
             raise ValueError("alpha is NaN")
         request.alpha = float(alpha)
+    if min_score is not None:
+        if math.isnan(float(min_score)):
+            raise ValueError("min_score is NaN")
+        request.min_score = float(min_score)
+    if image is not None:
+        request.image.CopyFrom(image_ref(image))
     return request
 
 

@@ -146,9 +146,27 @@ class AsyncClient:
         alpha: float | None = None,
         tags: Iterable[str] | None = None,
         *,
+        min_score: float | None = None,
+        offset: int = 0,
         timeout: float | None = None,
     ) -> SearchResult:
-        request = _calls.search_request(query, top_k, mode, alpha, tags)
+        request = _calls.search_request(query, top_k, mode, alpha, tags, min_score, offset)
+        return search_result_from_proto(await self._call(self._search, request, timeout))
+
+    async def search_image(
+        self,
+        image: ImageSource | ImageId,
+        top_k: int = 10,
+        tags: Iterable[str] | None = None,
+        *,
+        min_score: float | None = None,
+        offset: int = 0,
+        timeout: float | None = None,
+    ) -> SearchResult:
+        """Like `Client.search_image`."""
+        request = _calls.search_request(
+            "", top_k, None, None, tags, min_score, offset, image=await _read_image(image)
+        )
         return search_result_from_proto(await self._call(self._search, request, timeout))
 
     async def tag(

@@ -1,6 +1,8 @@
 """`xlsearch-client` (also `xlsearch search|tag|caption|add|delete|stats|health`): the client on the command line.
 
     xlsearch-client search "一只红色的袋鼠" --top-k 5 [--mode CL|CM|CLM] [--alpha A] [--tag T]... [--json]
+    xlsearch-client search --image FILE | --like ID [--top-k K] [--tag T]...   # by image / more like this
+                      [--min-score S] [--offset N]                            # cutoff, paging (any search)
     xlsearch-client tag IMAGE [--id] [-k K] [--user-tag T]... [--json]
     xlsearch-client caption IMAGE [--id] [--n-best N] [--recommend] [--json]
     xlsearch-client add PATH... [--caption TEXT | --captions FILE.csv] [--id ID]
@@ -26,7 +28,6 @@ from typing import Any
 
 from xlsearch_client.client import DEFAULT_TARGET, Client
 from xlsearch_client.errors import XlsearchError
-from xlsearch_client.results import CaptionResult, SearchResult, Sentence, TagResult
 from xlsearch_client.table import key_values, render
 from xlsearch_client.uploads import (
     IMAGE_SUFFIXES,
@@ -36,11 +37,11 @@ from xlsearch_client.uploads import (
     read_captions,
     read_image,
 )
+from xlsearch_client.views import caption_report, search_table, tag_table
 
 DEFAULT_TIMEOUT = 10.0
 ADD_TIMEOUT = 300.0  # an AddImages call encodes every image before it answers
 CAPTION_TIMEOUT = 60.0  # the server's first recommendation encodes the captioner's whole sentence pool
-CAPTION_COLUMNS = 48  # longer captions are cut in the table (never in --json)
 EXIT_ERROR = 2
 EXIT_NOT_SERVING = 1
 
@@ -99,16 +100,28 @@ def build_parser(prog: str = "xlsearch-client") -> argparse.ArgumentParser:
         _connection_args(p, top_level=False)
         return p
 
-    s = command("search", "search the images with a Chinese query")
-    s.add_argument("query")
+    s = command(
+        "search", "search the images with a query (Chinese, English or mixed), an image, or an indexed id"
+    )
+    s.add_argument("query", nargs="?", help="the query text (or give --image / --like)")
+    s.add_argument(
+        "--image", metavar="FILE", help="search by this image (image-to-image similarity, mode CM)"
+    )
+    s.add_argument(
+        "--like",
+        metavar="ID",
+        help="more like this indexed image (image-to-image, the image itself left out)",
+    )
     s.add_argument("--top-k", type=int, default=10, metavar="K", help="how many hits (default: 10)")
     s.add_argument(
         "--mode",
         type=str.upper,
         choices=("CL", "CM", "CLM"),
-        default="CLM",
-        help="CL: vs English captions, CM: vs pixels, CLM: both (default)",
+        default=None,
+        help="CL: vs English captions, CM: vs pixels, CLM: both (default for a text; an image search is CM)",
     )
+    s.add_argument("--min-score", type=float, metavar="S", help="drop hits scoring below S (in the mode)")
+    s.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N hits (paging)")
     s.add_argument("--alpha", type=float, help="CLM weight of CL in [0, 1] (default: the bundle's)")
     s.add_argument("--tag", action="append", default=[], help="only images with this tag (repeatable)")
     s.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -203,40 +216,70 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, ensure_ascii=False, indent=2))
 
 
-def search_table(result: SearchResult) -> str:
-    rows = [
-        (
-            rank,
-            f"{h.score:.4f}",
-            f"{h.cl_score:.4f}",
-            f"{h.cm_score:.4f}",
-            h.caption or "-",
-            h.path or h.uri or h.id,
-        )
-        for rank, h in enumerate(result.hits, start=1)
-    ]
-    return render(
-        ("rank", "score", "CL", "CM", "caption", "path"),
-        rows,
-        align=">>>><<",
-        max_widths=(None, None, None, None, CAPTION_COLUMNS, None),
-    )
-
-
 def _search(args: argparse.Namespace) -> int:
+    given = [
+        name
+        for name, v in (("a query", args.query), ("--image", args.image), ("--like", args.like))
+        if v is not None
+    ]
+    if len(given) != 1:
+        raise ValueError(
+            "give exactly one of a query, --image FILE and --like ID"
+            + (f" (got {' and '.join(given)})" if given else "")
+        )
     with _client(args) as client:
-        result = client.search(args.query, args.top_k, args.mode, args.alpha, args.tag)
+        if args.query is not None:
+            result = client.search(
+                args.query,
+                args.top_k,
+                args.mode or "CLM",
+                args.alpha,
+                args.tag,
+                min_score=args.min_score,
+                offset=args.offset,
+            )
+        else:
+            if args.mode not in (None, "CM"):
+                raise ValueError(
+                    f"a search by image ranks by image-to-image similarity (CM), not {args.mode}"
+                )
+            image = ImageId(args.like) if args.like else _image_file(args.image)
+            result = client.search_image(
+                image, args.top_k, args.tag, min_score=args.min_score, offset=args.offset
+            )
     if args.json:
         _print_json(result.to_dict())
         return 0
-    how = f"{args.mode}, alpha {result.alpha:g}" if args.mode == "CLM" else args.mode
+    mode = result.mode or args.mode or "CLM"
+    how = f"{mode}, alpha {result.alpha:g}" if mode == "CLM" else mode
     notes = [how, f"{result.total_seconds * 1000:.1f} ms", f"index v{result.index_version}"]
     if result.cached:
         notes.append("cached")
-    print(f"{len(result.hits)} hits for {args.query!r} ({', '.join(notes)})")
+    if result.next_offset:
+        notes.append(f"next page: --offset {result.next_offset}")
+    what = (
+        repr(args.query)
+        if args.query is not None
+        else f"image {args.image}"
+        if args.image
+        else f"images like {args.like!r}"
+    )
+    first = (
+        f", ranks {result.offset + 1}-{result.offset + len(result.hits)}"
+        if result.offset and result.hits
+        else ""
+    )
+    print(f"{len(result.hits)} hits for {what}{first} ({', '.join(notes)})")
     if result.hits:
         print(search_table(result))
     return 0
+
+
+def _image_file(name: str) -> bytes:
+    path = Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: no such file")
+    return read_image(path)  # type: ignore[return-value]
 
 
 def _image(args: argparse.Namespace) -> bytes | ImageId:
@@ -252,30 +295,6 @@ def _image(args: argparse.Namespace) -> bytes | ImageId:
 
 def _image_name(args: argparse.Namespace) -> str:
     return f"image id {args.image!r}" if args.id else args.image
-
-
-def tag_table(result: TagResult) -> str:
-    rows = [
-        (rank, t.tag, f"{t.score:.4f}", ", ".join(t.english) or "-")
-        for rank, t in enumerate(result.tags, start=1)
-    ]
-    return render(("rank", "tag", "score", "english"), rows, align="><><")
-
-
-def sentence_table(sentences: Sequence[Sentence], score: str, text: str) -> str:
-    rows = [(rank, f"{s.score:.4f}", s.text) for rank, s in enumerate(sentences, start=1)]
-    return render(("rank", score, text), rows, align=">><")
-
-
-def caption_report(result: CaptionResult, name: str, recommend: bool) -> str:
-    parts = [f"{len(result.captions)} caption(s) for {name}"]
-    if result.captions:
-        parts.append(sentence_table(result.captions, "log-prob", "caption"))
-    if recommend:
-        parts.append(f"\n{len(result.recommended)} recommended sentence(s)")
-        if result.recommended:
-            parts.append(sentence_table(result.recommended, "cosine", "sentence"))
-    return "\n".join(parts)
 
 
 def _tag(args: argparse.Namespace) -> int:

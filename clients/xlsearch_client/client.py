@@ -136,12 +136,33 @@ class Client:
         alpha: float | None = None,
         tags: Iterable[str] | None = None,
         *,
+        min_score: float | None = None,
+        offset: int = 0,
         timeout: float | None = None,
     ) -> SearchResult:
-        """Rank the indexed images for a Chinese query. `mode`: CL (query vs English captions), CM (query vs
-        pixels) or CLM (alpha * CL + (1 - alpha) * CM; alpha None = the bundle's validated default). `tags`: only
-        images carrying all of them."""
-        request = _calls.search_request(query, top_k, mode, alpha, tags)
+        """Rank the indexed images for a query (Chinese, English or mixed). `mode`: CL (query vs English
+        captions), CM (query vs pixels) or CLM (alpha * CL + (1 - alpha) * CM; alpha None = the bundle's validated
+        default). `tags`: only images carrying all of them. `min_score`: drop hits scoring below it. `offset`:
+        skip that many hits (the next page starts at `result.next_offset`, 0 after the last page)."""
+        request = _calls.search_request(query, top_k, mode, alpha, tags, min_score, offset)
+        return search_result_from_proto(self._call(self._search, request, timeout))
+
+    def search_image(
+        self,
+        image: ImageSource | ImageId,
+        top_k: int = 10,
+        tags: Iterable[str] | None = None,
+        *,
+        min_score: float | None = None,
+        offset: int = 0,
+        timeout: float | None = None,
+    ) -> SearchResult:
+        """Images ranked by similarity to an image (in the bundle's image space; mode CM): the encoded image
+        (bytes), a file path, or `ImageId(id)` of an indexed image ("more like this": the image itself is left
+        out). `tags`, `min_score`, `offset` as for `search`."""
+        request = _calls.search_request(
+            "", top_k, None, None, tags, min_score, offset, image=read_image(image)
+        )
         return search_result_from_proto(self._call(self._search, request, timeout))
 
     def tag(

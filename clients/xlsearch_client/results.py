@@ -61,6 +61,9 @@ class SearchResult:
     alpha: float = 0.0  # the CLM weight of CL actually used (1.0 for CL, 0.0 for CM)
     index_version: int = 0
     cached: bool = False
+    mode: str = ""  # the mode actually used (CM for a search by image)
+    offset: int = 0  # the first hit has rank offset + 1
+    next_offset: int = 0  # offset of the next page when more hits follow; 0: this was the last page
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,6 +161,9 @@ def search_result_from_proto(msg: pb.SearchResponse) -> SearchResult:
         alpha=float32(msg.alpha),
         index_version=msg.index_version,
         cached=msg.cached,
+        mode=pb.MatchMode.Name(msg.mode) if msg.mode else "",
+        offset=msg.offset,
+        next_offset=msg.next_offset,
     )
 
 
