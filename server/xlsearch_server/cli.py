@@ -110,12 +110,21 @@ async def serve(settings: ServerSettings, **server_kwargs: Any) -> int:
     return 0
 
 
+# Loggers of libraries whose INFO lines read like errors: faiss's loader logs, at INFO, every optimised build it
+# could not import ("Could not load library with AVX2 support due to: ModuleNotFoundError(...)") before it loads the
+# generic one. Its warnings and errors still show; `--log-level debug` shows everything.
+QUIET_LOGGERS = ("faiss.loader",)
+
+
 def configure_logging(settings: ServerSettings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if logging.getLogger().level > logging.DEBUG:  # --log-level debug shows them
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def key_command(args: argparse.Namespace) -> int:
@@ -148,11 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, ConfigFileError) as e:
         print(f"xlsearch serve: error: bad settings: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings)
     from xlsearch_server.app import ServerStartError, load_keys, server_credentials
     from xlsearch_server.service.loading import PairError, check_pair
 

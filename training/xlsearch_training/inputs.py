@@ -32,8 +32,10 @@ __all__ = [
     "ensure_dataset",
     "image_vectors",
     "parse_seeds",
+    "seed_folder",
     "seeded_split",
     "sentence_vectors",
+    "split_for",
     "slug",
 ]
 
@@ -55,12 +57,14 @@ def parse_seeds(seeds: str) -> list[int]:
 
 
 def ensure_dataset(data: Path, stamps_root: str | None) -> Manifest:
+    """The manifest in ``data``; the Tux Paint one is built there first when it is absent. (The commands number
+    their own steps: nothing here prints a step label.)"""
     if not (data / "manifest.jsonl").exists():
-        print(f"[1/5] building the Tux Paint manifest in {data}")
+        print(f"      building the Tux Paint manifest in {data}")
         kwargs = {"stamps_root": stamps_root} if stamps_root else {}
         convert_tuxpaint(data, seed=0, **kwargs)
     else:
-        print(f"[1/5] manifest {data / 'manifest.jsonl'} exists")
+        print(f"      manifest {data / 'manifest.jsonl'} exists")
     return read_manifest(data)
 
 
@@ -72,15 +76,40 @@ def seeded_split(data: Path, runs: Path, seed: int) -> Manifest:
     return read_manifest(split_dir)
 
 
+SPLITS = ("seeded", "manifest")
+
+
+def split_for(data: Path, runs: Path, seed: int, split: str = "seeded") -> Manifest:
+    """The train/val/test split a seed trains on: ``seeded`` re-splits ``data`` with the seed (``seeded_split``);
+    ``manifest`` keeps the manifest's own ``split`` field (the seed then only seeds the training)."""
+    if split == "manifest":
+        return read_manifest(data)
+    if split != "seeded":
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    return seeded_split(data, runs, seed)
+
+
+def seed_folder(runs: Path, seed: int, split: str = "seeded") -> Path:
+    """Where a seed's runs go: ``<runs>/seed<N>`` on seeded splits, ``<runs>/manifest-split/seed<N>`` on the
+    manifest's own split (so results of the two never mix)."""
+    return runs / f"seed{seed}" if split == "seeded" else runs / "manifest-split" / f"seed{seed}"
+
+
+_REPORTED: set[Path] = set()  # backbone folders already named on stdout in this process
+
+
 def ensure_backbone(runs: Path, backbone: dict[str, Any], crop: str) -> Backbone:
     """Build the backbone; export it (+ L2 normalisation) to ONNX once per backbone config."""
     folder = runs / "image_encoder" / slug(json.dumps(backbone, sort_keys=True) + crop)
     spec_path = folder / "spec.json"
     bb = build_backbone(BackboneConfig.from_dict(backbone))
     if spec_path.exists():
-        print(f"[2/5] backbone {folder} exists")
+        if folder not in _REPORTED:
+            print(f"      backbone {folder} exists")
+            _REPORTED.add(folder)
         return Backbone(bb, folder / "image_encoder.onnx", json.loads(spec_path.read_text()))
-    print(f"[2/5] exporting the backbone {backbone} to ONNX")
+    print(f"      exporting the backbone {backbone} to ONNX")
+    _REPORTED.add(folder)
     folder.mkdir(parents=True, exist_ok=True)
     pre = dataclasses.replace(bb.preprocess, crop=crop)
     export_image_encoder(
@@ -97,8 +126,8 @@ def image_vectors(
     manifest: Manifest, onnx: Path, preprocess: dict[str, Any], cache: Path
 ) -> dict[str, np.ndarray]:
     ids, feats, report = extract_features(
-        manifest, onnx, PreprocessConfig.from_dict(preprocess), cache, progress=False
-    )
+        manifest, onnx, PreprocessConfig.from_dict(preprocess), cache
+    )  # progress: xlsearch.common.progress (off with the commands' --no-progress)
     if report.get("skipped"):
         print(f"      skipped {len(report['skipped'])} unreadable images (see {cache}/report.json)")
     return dict(zip(ids, feats, strict=True))

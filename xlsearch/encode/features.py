@@ -18,9 +18,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
-from tqdm import tqdm
 
 from xlsearch.common.atomic import write_text_atomic
+from xlsearch.common.progress import progress as progress_bar
 from xlsearch.common.timing import StageTimer
 from xlsearch.data.manifest import Manifest, read_manifest
 from xlsearch.encode.crops import crop_mean, flat_crops, l2_normalize
@@ -91,7 +91,7 @@ def extract_features(
         return [Row({"feature": v}) for v in _run_backbone(session, input_name, pixels, run_batch)]
 
     t0, timer = time.perf_counter(), StageTimer()
-    with tqdm(total=len(items), unit="img", desc="image features", disable=not progress) as bar:
+    with progress_bar(total=len(items), unit="img", desc="image features", disable=not progress) as bar:
         done = run_resumable(
             items,
             lambda it: (it.id, it.fingerprint),

@@ -25,10 +25,15 @@ def _pm(values: list[float]) -> str:
     return f"{m:.3f} ± {s:.3f}"
 
 
+def run_label(result: dict[str, Any]) -> str:
+    """A result's row name: its variant, marked when it was trained on the manifest's own split."""
+    return result["variant"] + (" (manifest split)" if result.get("split") == "manifest" else "")
+
+
 def _by_variant(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
-        out[r["variant"]].append(r)
+        out[run_label(r)].append(r)
     return out
 
 
@@ -66,8 +71,13 @@ def format_results(results: list[dict[str, Any]], served: str | None = None) -> 
     if not results:
         return "(no results)"
     groups = _by_variant(results)
-    served = served if served in groups else next(iter(groups))
-    runs = groups[served]
+    if served in groups:
+        shown, heading = served, f"Served configuration: {served}"
+    else:  # never call another variant the served one
+        shown = next(iter(groups))
+        missing = f" (the served configuration, {served}, is not among these results)" if served else ""
+        heading = f"Detail: {shown}{missing}"
+    runs = groups[shown]
     seeds = ",".join(str(r["seed"]) for r in runs)
     parts = [
         f"MRR on the test split, mean ± std over seeds {seeds} "
@@ -76,7 +86,7 @@ def format_results(results: list[dict[str, Any]], served: str | None = None) -> 
         "",
         variants_table(results),
         "",
-        f"Served configuration: {served}",
+        heading,
         "",
         detail_table(runs),
     ]

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from xlsearch.common.progress import progress as progress_bar
 from xlsearch.data.manifest import Manifest
 from xlsearch.encode.decode import decode_pixels
 from xlsearch.encode.preprocess import ImageError, PreprocessConfig
@@ -164,7 +164,7 @@ def extract_regions(
     ids: list[str] = []
     arrays: list[np.ndarray] = []
     skipped: list[dict[str, str]] = []
-    bar = tqdm(total=len(items), unit="img", desc="region features", disable=not progress)
+    bar = progress_bar(total=len(items), unit="img", desc="region features", disable=not progress)
     extractor.eval()
     with ThreadPoolExecutor(max_workers=2) as pool:
         for n, span in enumerate(spans):

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from xlsearch.common.progress import progress as progress_bar
 from xlsearch.encode.text import Vocab, encode_batch
 from xlsearch.eval.metrics import retrieval_metrics
 from xlsearch_training.a3vse.config import A3VSETrainConfig
@@ -239,7 +239,7 @@ def train_a3vse(
     history: list[dict] = []
     best: dict = {"mrr": -1.0}
     best_state = None
-    bar = tqdm(range(cfg.epochs), desc="a3vse", disable=not progress, leave=False)
+    bar = progress_bar(range(cfg.epochs), desc="a3vse", disable=not progress, leave=False)
     order_l: list[int] = []
     order_u: list[int] = []
     for epoch in bar:
@@ -331,7 +331,7 @@ def train_text_into(
     best: dict = {"mrr": -1.0}
     best_state = None
     history: list[dict] = []
-    for epoch in tqdm(range(cfg.en_epochs), desc="text", disable=not progress, leave=False):
+    for epoch in progress_bar(range(cfg.en_epochs), desc="text", disable=not progress, leave=False):
         for g in opt.param_groups:
             g["lr"] = (
                 cfg.lr if epoch < cfg.lr_drop_epoch * cfg.en_epochs // max(cfg.epochs, 1) else cfg.lr_low

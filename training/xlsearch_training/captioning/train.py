@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from xlsearch.common.progress import progress as progress_bar
 from xlsearch.encode.text import Vocab
 from xlsearch_training.captioning.config import STRATEGIES, CaptionerConfig
 from xlsearch_training.captioning.corpora import Sentences
@@ -109,7 +109,7 @@ def fit(
         best = val.scores(val.sentences(model, vocab, val_tags, cfg))["CIDEr-D"]
         best_state = copy.deepcopy(model.state_dict())
         history.append({"epoch": 0, "val_cider": best})
-    for epoch in tqdm(range(1, epochs + 1), desc=desc, unit="epoch", leave=False):
+    for epoch in progress_bar(range(1, epochs + 1), desc=desc, unit="epoch", leave=False):
         model.train()
         total, count = 0.0, 0
         for rows, inputs, targets in _batches(samples, cfg.batch_size, gen):

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm import tqdm
-
+from xlsearch.common.progress import progress as progress_bar
 from xlsearch.data.datasets.tuxpaint import (
     DEFAULT_STAMPS_ROOT,
     ZH_LANG,
@@ -34,7 +33,7 @@ def english_only_stamps(
         return read_manifest(out)
     stamps, _ = find_stamps(Path(stamps_root))
     records = []
-    for stamp in tqdm(stamps, desc="english-only stamps", unit="stamp", disable=not progress):
+    for stamp in progress_bar(stamps, desc="english-only stamps", unit="stamp", disable=not progress):
         english, translations = parse_description(stamp.txt)
         if not english or translations.get(ZH_LANG):
             continue

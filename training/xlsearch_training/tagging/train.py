@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
+from xlsearch.common.progress import progress as progress_bar
 from xlsearch.data.manifest import Manifest
 from xlsearch.encode.tag_vocab import (
     ImageTags,
@@ -50,7 +50,7 @@ def _fit(
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     best: tuple[float, int, dict[str, Tensor] | None] = (-math.inf, -1, None)
-    for epoch in tqdm(range(epochs), desc=desc, unit="epoch", disable=not cfg.progress, leave=False):
+    for epoch in progress_bar(range(epochs), desc=desc, unit="epoch", disable=not cfg.progress, leave=False):
         module.train()
         perm = torch.randperm(n, generator=gen)
         for start in range(0, n, cfg.batch_size):

@@ -1,7 +1,14 @@
-"""The main job, end to end on one dataset: manifest -> image features -> W2VV encoders (every variant, every
+"""The retrieval experiment on one dataset: manifest -> image features -> W2VV encoders (every variant, every
 seed) -> bundles -> benchmark table. Every stage caches to disk, so a re-run resumes where it stopped.
 
-    python -m xlsearch_training.w2vv.pipeline --data data/tuxpaint --runs runs/demo --seeds 0,1,2,3,4
+    xlsearch-train --data data/tuxpaint --runs runs/demo --seeds 0,1,2,3,4      # every variant (make experiments)
+    xlsearch-train --data data/tuxpaint --runs runs/demo --seeds 0 --served-only  # the served one (make demo)
+
+Each seed re-splits the manifest 70/15/15 (``--split seeded``, runs in ``<runs>/seed<N>``), or keeps the
+manifest's own ``split`` field (``--split manifest``, runs in ``<runs>/manifest-split/seed<N>``; the seed then only
+seeds the training). ``<runs>/results.json`` and ``benchmark.md`` hold every (variant, seed, split) run so far: a
+later run with other ``--variants`` or seeds adds to them. The served variant's bundle of the first seed is copied
+to ``<runs>/bundle`` when that variant was run.
 
 The shared stages 1-4 live in ``xlsearch_training.inputs``; the experiment file is read as a
 ``w2vv.config.RetrievalExperiment``.
@@ -21,19 +28,23 @@ import torch
 
 from xlsearch.bundle.manifest import update_bundle_manifest
 from xlsearch.bundle.runtime import Bundle
+from xlsearch.common import progress
+from xlsearch.common.atomic import write_text_atomic
 from xlsearch.data.manifest import Manifest
 from xlsearch.eval.benchmark import evaluate
-from xlsearch.eval.report import format_results
+from xlsearch.eval.report import format_results, run_label
 from xlsearch_training.config import CONFIG_DIR
 from xlsearch_training.inputs import (
+    SPLITS,
     Backbone,
     ensure_backbone,
     ensure_dataset,
     image_vectors,
     parse_seeds,
-    seeded_split,
+    seed_folder,
     sentence_vectors,
     slug,
+    split_for,
 )
 from xlsearch_training.w2vv.bundle_writer import write_w2vv_bundle
 from xlsearch_training.w2vv.config import RetrievalExperiment, TrainConfig
@@ -112,6 +123,19 @@ def select_variants(variants: dict[str, Any], wanted: str) -> dict[str, Any]:
     return {k: variants[k] for k in chosen}
 
 
+def merge_results(path: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs recorded in ``path`` (a results.json) with ``new`` ones replacing those of the same (variant,
+    seed, split) in place and the others appended: a run with a subset of the variants adds to the table."""
+
+    def key(r: dict[str, Any]) -> tuple:
+        return r["variant"], r["seed"], r.get("split", "seeded")
+
+    old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+    fresh = {key(r): r for r in new}
+    merged = [fresh.pop(key(r), r) for r in old]
+    return merged + [r for r in new if key(r) in fresh]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -119,25 +143,46 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--runs", default="runs/demo", help="output folder (bundles, caches, results)")
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="experiment JSON (backbone, variants)")
-    ap.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated split seeds")
+    ap.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
     ap.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="seeded",
+        help="seeded: re-split the manifest 70/15/15 with each seed; manifest: keep the manifest's own split "
+        "field (the seed then only seeds the training)",
+    )
+    picked = ap.add_mutually_exclusive_group()
+    picked.add_argument(
         "--variants",
         help="comma-separated subset of the config's variants, by slug (e5-sentence-branch-joint-space-infonce) "
         "or by name when the name has no comma",
     )
+    picked.add_argument(
+        "--served-only", action="store_true", help="only the config's served variant (its 'serve' field)"
+    )
     ap.add_argument("--stamps-root", help="Tux Paint stamps folder (default: the Debian package's)")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.no_progress:
+        progress.set_enabled(False)
 
     experiment = RetrievalExperiment.load(args.config)
     data, runs = Path(args.data), Path(args.runs)
     seeds = parse_seeds(args.seeds)
     variants = experiment.variants
-    if args.variants:
+    served = experiment.serve
+    if args.served_only:
+        if served is None:
+            ap.error(f"--served-only: {experiment.source} names no served variant ('serve')")
+        variants = {served: variants[served]}
+    elif args.variants:
         variants = select_variants(variants, args.variants)
 
+    print(f"[1/5] dataset {data}")
     manifest = ensure_dataset(data, args.stamps_root)
+    print("[2/5] image backbone")
     backbone = ensure_backbone(runs, experiment.backbone, experiment.crop)
     print(f"[3/5] image features for {len(manifest)} images")
     cache = runs / "cache" / "features"
@@ -147,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     sent = sentence_vectors(manifest, sentence_spec, runs / "cache" / "sentences")
 
     results: list[dict[str, Any]] = []
-    print(f"[5/5] training {len(variants)} variants x {len(seeds)} seeds, then benchmarking")
+    where = "the manifest's own split" if args.split == "manifest" else "seeded 70/15/15 splits"
+    print(f"[5/5] training {len(variants)} variants x {len(seeds)} seeds on {where}, then benchmarking")
     for seed in seeds:
-        split_manifest = seeded_split(data, runs, seed)
+        split_manifest = split_for(data, runs, seed, args.split)
         for name in variants:
             cfg = experiment.train_config(name)
             r = run_variant(
@@ -161,9 +207,10 @@ def main(argv: list[str] | None = None) -> int:
                 vectors,
                 sent,
                 sentence_spec,
-                runs / f"seed{seed}" / slug(name),
+                seed_folder(runs, seed, args.split) / slug(name),
                 cache,
             )
+            r["split"] = args.split
             results.append(r)
             rows = r["rows"]
             print(
@@ -173,18 +220,31 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
 
-    served = experiment.serve
+    written = []
     if served in variants and seeds:
         dst = runs / "bundle"
         if dst.exists():
             shutil.rmtree(dst)
-        shutil.copytree(runs / f"seed{seeds[0]}" / slug(served) / "bundle", dst)
-    (runs / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
-    table = format_results(results, served)
-    (runs / "benchmark.md").write_text(table + "\n", encoding="utf-8")
+        shutil.copytree(seed_folder(runs, seeds[0], args.split) / slug(served) / "bundle", dst)
+        written.append(f"served bundle: {dst} ({served}, seed {seeds[0]}, {where.removesuffix('s')})")
+    runs.mkdir(parents=True, exist_ok=True)
+    results = merge_results(runs / "results.json", results)
+    write_text_atomic(runs / "results.json", json.dumps(results, indent=1, ensure_ascii=False))
+    served_label = None
+    if served is not None:
+        labels = {run_label(r) for r in results if r["variant"] == served}
+        # the served bundle's own run when this run wrote one, else whichever split of it was recorded
+        mine = run_label({"variant": served, "split": args.split})
+        served_label = mine if mine in labels else next(iter(sorted(labels)), served)
+    table = format_results(results, served_label)
+    write_text_atomic(runs / "benchmark.md", table + "\n")
     print()
     print(table)
-    print(f"\nresults: {runs / 'results.json'}   served bundle: {runs / 'bundle'}")
+    print(f"\nresults ({len(results)} runs): {runs / 'results.json'}, {runs / 'benchmark.md'}")
+    for line in written:
+        print(line)
+    if served is not None and not written:
+        print(f"served bundle: not written ({served!r} was not among the variants run)")
     return 0
 
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from xlsearch.common.progress import progress as progress_bar
 from xlsearch.data.manifest import Manifest
 from xlsearch.encode.text import Vocab, encode_batch, tokenizer_for
 from xlsearch.eval.metrics import retrieval_metrics
@@ -129,7 +129,7 @@ def train_encoder(
     history: list[dict] = []
     best: dict = {"mrr": -1.0}
     best_state = best_head = None
-    bar = tqdm(range(cfg.epochs), desc=f"train {lang}", disable=not progress, leave=False)
+    bar = progress_bar(range(cfg.epochs), desc=f"train {lang}", disable=not progress, leave=False)
     for epoch in bar:
         model.train()
         head.train(train_head)

@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     tux.add_argument(
         "--limit", type=int, default=None, help="convert at most this many stamps (quick trials)"
     )
-    tux.add_argument("--quiet", action="store_true", help="no progress bar")
+    tux.add_argument("--no-progress", "--quiet", action="store_true", help="no progress display")
 
     coco = sub.add_parser("cococn", help="convert COCO-CN (+ MS-COCO 2014 captions and images)")
     coco.add_argument("--cococn", required=True, type=Path, help="COCO-CN folder (coco-cn_train.txt, ...)")
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.stamps_root or DEFAULT_STAMPS_ROOT,
                 args.seed,
                 limit=args.limit,
-                progress=not args.quiet,
+                progress=not args.no_progress,
             )
             for item in report["skipped"]:
                 print(f"skipped {item['id']}: {item['reason']}", file=sys.stderr)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from tqdm import tqdm
 
+from xlsearch.common.progress import progress as progress_bar
 from xlsearch.data.datasets.common import REPORT_NAME, MissingDependencyError, write_json_atomic
 from xlsearch.data.manifest import Record, assign_splits, write_manifest
 
@@ -202,7 +202,7 @@ def convert_tuxpaint(
     skipped: list[dict[str, str]] = []
     sources: Counter[str] = Counter()
     reused = 0
-    for stamp, english, zh in tqdm(selected, desc="tuxpaint", unit="stamp", disable=not progress):
+    for stamp, english, zh in progress_bar(selected, desc="tuxpaint", unit="stamp", disable=not progress):
         target = out / IMAGE_DIR / f"{stamp.id}.png"
         if target.is_file():
             reused += 1

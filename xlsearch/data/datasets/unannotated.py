@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
-from tqdm.auto import tqdm
 
+from xlsearch.common.progress import progress as progress_bar
 from xlsearch.data.manifest import Manifest, Record, read_manifest, write_manifest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
@@ -132,7 +132,7 @@ def build_pool(
     records, skipped = [], []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         done = pool.map(materialise, chosen)
-        for cand, rec in tqdm(
+        for cand, rec in progress_bar(
             zip(chosen, done, strict=True), total=len(chosen), desc="un-annotated pool", disable=not progress
         ):
             if rec is None:
