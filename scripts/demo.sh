@@ -1,64 +1,101 @@
 #!/usr/bin/env bash
-# The main job, end to end on the Tux Paint demo data:
-#   manifest -> features -> W2VV encoders (every variant, every seed) -> bundles -> benchmark table
-#   -> tagging and captioning tables, served tagger + captioner attached to the served bundle
-#   -> FAISS index of the served bundle (with predicted tags) -> gRPC server
-#   -> a few Chinese queries, a tag filter, Tag and Caption through the CLI.
+# The main job, end to end on the Tux Paint demo data, on one split (seed 0: the same 70/15/15 split as the
+# manifest's own, so the retrieval bundle, the tagger and the captioner all train on one split):
+#   manifest -> features -> the served W2VV configuration -> bundle -> served tagger + captioner attached
+#   -> FAISS index (with predicted tags) -> server (gRPC + HTTP web page)
+#   -> a few Chinese queries, a tag filter, an image query, Tag and Caption through the CLI -> the web page's URL.
+# The experiment tables (every variant and strategy over 5 seeds, A3VSE) are `make experiments`.
+#
+# The server keeps running when the demo ends (its pid in $RUNS/server.pid; a re-run stops it first);
+# KEEP_SERVER=0 stops it at the end. Ports: PORT (gRPC, 50051), HTTP_PORT (8080), METRICS_PORT (9464).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 RUNS=${RUNS:-runs/demo}
-SEEDS=${SEEDS:-0,1,2,3,4}
-# Captioning trains four strategies per split (~14 min per split on 2 cores): the demo runs the first split only;
-# `make captioning` runs all of them.
-CAPTION_SEEDS=${CAPTION_SEEDS:-${SEEDS%%,*}}
 PORT=${PORT:-50051}
+HTTP_PORT=${HTTP_PORT:-8080}
 METRICS_PORT=${METRICS_PORT:-9464}
+THREADS=${THREADS:-2}
+KEEP_SERVER=${KEEP_SERVER:-1}
+T0=${DEMO_T0:-$(date +%s)}  # `make demo` passes the time it started, before setup
 X="$VENV/bin/xlsearch"
+SEED=0
 
-"$VENV/bin/xlsearch-train" --data data/tuxpaint --runs "$RUNS" --seeds "$SEEDS"
+elapsed() { echo $(($(date +%s) - T0)); }
+step() { printf '\n== [%s s] %s\n' "$(elapsed)" "$*"; }
+# has_option OPTION COMMAND...: whether COMMAND --help lists OPTION (options still being added are used once there)
+has_option() { local opt=$1; shift; "$@" --help 2>/dev/null | grep -e "$opt" >/dev/null; }
 
-echo
-echo "== tagging: experiment table, then the served tagger (Cascading MLP + LQP) into $RUNS/bundle"
+pidfile="$RUNS/server.pid"
+if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+  echo "stopping the previous demo server (pid $(cat "$pidfile"))"
+  kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.2; done
+fi
+rm -f "$pidfile"
+
+step "retrieval: the served configuration only, split seed $SEED"
+"$VENV/bin/xlsearch-train" --data data/tuxpaint --runs "$RUNS" --seeds "$SEED" --served-only --threads "$THREADS"
+
+step "the served tagger, trained on the same split, attached to $RUNS/bundle"
+tagger_extra=()
+has_option --english-only "$VENV/bin/xlsearch-train-tagger" && tagger_extra=(--english-only tuxpaint)
 "$VENV/bin/xlsearch-train-tagger" --data data/tuxpaint --runs runs/tagging --features-from "$RUNS" \
-  --seeds "$SEEDS" --bundle "$RUNS/bundle"
+  --seeds "$SEED" --served-only --bundle "$RUNS/bundle" --threads "$THREADS" "${tagger_extra[@]}"
 
-echo
-echo "== captioning: experiment table, then the served captioner into $RUNS/bundle"
+step "the served captioner, trained on the same split, attached to $RUNS/bundle"
 "$VENV/bin/xlsearch-train-captioner" --data data/tuxpaint --retrieval-runs "$RUNS" --runs runs/captioning \
-  --seeds "$CAPTION_SEEDS" --bundle "$RUNS/bundle"
+  --seeds "$SEED" --served-only --bundle "$RUNS/bundle" --threads "$THREADS"
 
-echo
-echo "== indexing the whole Tux Paint set with the served bundle"
+step "indexing the whole Tux Paint set with the served bundle"
 "$X" index --manifest data/tuxpaint --bundle "$RUNS/bundle" --out "$RUNS/index"
 
-echo
-echo "== starting the server on 127.0.0.1:$PORT (metrics on :$METRICS_PORT)"
+http=()
+has_option --http-port "$X" serve && http=(--http-port "$HTTP_PORT")
+step "starting the server: gRPC 127.0.0.1:$PORT${http:+, HTTP 127.0.0.1:$HTTP_PORT}, metrics :$METRICS_PORT"
 "$X" serve --bundle "$RUNS/bundle" --index "$RUNS/index" --port "$PORT" --metrics-port "$METRICS_PORT" \
-  > "$RUNS/server.log" 2>&1 &
+  "${http[@]}" >"$RUNS/server.log" 2>&1 &
 server=$!
-trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
+echo "$server" >"$pidfile"
+stop_server() { kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null; rm -f "$pidfile"; }
+trap 'stop_server' ERR INT TERM
+[ "$KEEP_SERVER" = 1 ] || trap 'stop_server' EXIT
 target="127.0.0.1:$PORT"
-for _ in $(seq 1 120); do
+for _ in $(seq 1 240); do
   "$X" health --target "$target" >/dev/null 2>&1 && break
-  kill -0 $server 2>/dev/null || { cat "$RUNS/server.log"; exit 1; }
+  kill -0 "$server" 2>/dev/null || { cat "$RUNS/server.log"; exit 1; }
   sleep 0.5
 done
 "$X" stats --target "$target"
+
+first=1
 for q in "一只红色的袋鼠" "青蛙" "一辆红色的消防车" "在水里游泳的动物"; do
-  echo
-  echo "== xlsearch search \"$q\" --top-k 5"
+  step "xlsearch search \"$q\" --top-k 5"
   "$X" search "$q" --top-k 5 --target "$target"
+  if [ $first = 1 ]; then
+    echo "(first search answered $(elapsed) s after the demo started)"
+    first=0
+  fi
 done
 image=/usr/share/tuxpaint/stamps/animals/birds/penguin.png
 [ -f "$image" ] || image=$(find /usr/share/tuxpaint/stamps -name '*.png' | sort | head -1)
-echo
-echo "== xlsearch tag $image"
+step "xlsearch tag $image"
 "$X" tag "$image" --target "$target"
 tag=$("$X" tag "$image" --target "$target" --json | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["tags"][0]["tag"])')
-echo
-echo "== xlsearch search \"动物\" --tag $tag --top-k 5   (only images whose predicted tags include $tag)"
+step "xlsearch search \"动物\" --tag $tag --top-k 5   (only images whose predicted tags include $tag)"
 "$X" search "动物" --tag "$tag" --top-k 5 --target "$target"
-echo
-echo "== xlsearch caption $image --n-best 3 --recommend"
+if has_option --image "$X" search; then
+  step "xlsearch search --image $image --top-k 5   (search by image)"
+  "$X" search --image "$image" --top-k 5 --target "$target"
+fi
+step "xlsearch caption $image --n-best 3 --recommend"
 "$X" caption "$image" --n-best 3 --recommend --target "$target"
+
+echo
+echo "demo done in $(elapsed) s."
+if [ ${#http[@]} -gt 0 ]; then
+  echo "web search page: http://127.0.0.1:$HTTP_PORT/"
+fi
+if [ "$KEEP_SERVER" = 1 ]; then
+  echo "the server keeps running (pid $server, log $RUNS/server.log); stop it with: kill $server"
+fi

@@ -89,7 +89,18 @@ def test_a_second_variants_run_adds_to_the_results_and_keeps_the_served_bundle(
     _train(tiny_run, runs, two_variants, "--served-only")
     again = json.loads((runs / "results.json").read_text(encoding="utf-8"))
     assert [(r["variant"], r["seed"]) for r in again] == [("tiny", 0), ("other", 0)]
-    assert f"served bundle: {runs / 'bundle'} (tiny, seed 0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"served bundle: {runs / 'bundle'} (tiny, seed 0" in out
+    assert "already holds this model; attached components kept" in out  # a re-run keeps attached components
+    assert (runs / "bundle" / "manifest.json").read_bytes() == bundle_manifest
+
+    # a bundle that differs (here: one model file's recorded hash) is replaced by the served run's
+    m = json.loads(bundle_manifest)
+    m["files"]["text_encoder_zh.onnx"] = "0" * 64
+    (runs / "bundle" / "manifest.json").write_text(json.dumps(m), encoding="utf-8")
+    _train(tiny_run, runs, two_variants, "--served-only")
+    assert "already holds" not in capsys.readouterr().out
+    assert (runs / "bundle" / "manifest.json").read_bytes() == bundle_manifest
 
 
 def test_manifest_split_trains_on_the_manifests_own_split(tiny_run, tmp_path):

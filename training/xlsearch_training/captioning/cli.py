@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from xlsearch.bundle.runtime import Bundle
-from xlsearch.data.manifest import read_manifest
+from xlsearch.common import progress
 from xlsearch_training.captioning.component import train_captioner_component
 from xlsearch_training.captioning.config import STRATEGIES, CaptionerConfig
 from xlsearch_training.captioning.experiment import (
@@ -35,6 +35,17 @@ from xlsearch_training.w2vv.config import RetrievalExperiment
 DEFAULT_CONFIG = CONFIG_DIR / "captioning_tuxpaint.json"
 RETRIEVAL_CONFIG = CONFIG_DIR / "tuxpaint.json"
 SUMMARY_DROPS = ("history", "sentences", "recommendations", "test_tags")  # kept in each result.json only
+
+
+def dataset_name(data: Path) -> str:
+    """What the table and the gallery call the data: its folder's name (``tuxpaint`` for data/tuxpaint)."""
+    return Path(data).resolve().name
+
+
+def recorded_results(runs: Path, seeds: list[int], strategies: list[str]) -> list[dict[str, Any]]:
+    """The strategies' result.json files already in ``runs`` for these seeds (nothing is trained)."""
+    paths = [runs / f"seed{seed}" / s / "result.json" for seed in seeds for s in strategies]
+    return [json.loads(p.read_text(encoding="utf-8")) for p in paths if p.is_file()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,9 +67,20 @@ def main(argv: list[str] | None = None) -> int:
         "--gallery", type=int, default=40, help="test images in the gallery of the first seed (0: none)"
     )
     ap.add_argument("--bundle", help="train the served captioner and attach it to this bundle folder")
+    ap.add_argument(
+        "--served-only",
+        action="store_true",
+        help="with --bundle: train only the served captioner on the first seed's split, no experiment table "
+        "(config 'best' then picks among the strategies' results already in --runs)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.no_progress:
+        progress.set_enabled(False)
+    if args.served_only and not args.bundle:
+        ap.error("--served-only trains the served captioner of a --bundle: give --bundle")
 
     cfg = CaptionerConfig.load(args.config)
     strategies = [s.strip() for s in args.strategies.split(",")] if args.strategies else list(cfg.strategies)
@@ -82,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     results: list[dict[str, Any]] = []
-    for seed in seeds:
+    for seed in [] if args.served_only else seeds:
         split = seeded_split(data_dir, rruns, seed)
         done = run_strategies(runs, seed, split, features, cfg, strategies, args.stamps_root, input_feature)
         results += done
@@ -93,25 +115,31 @@ def main(argv: list[str] | None = None) -> int:
             results.append(baseline)
             recs = baseline["recommendations"]
         if seed == seeds[0] and args.gallery:
-            page = write_seed_gallery(runs / "gallery", split, seed, args.gallery, outputs, recs)
+            page = write_seed_gallery(
+                runs / "gallery", split, seed, args.gallery, outputs, recs, dataset_name(data_dir)
+            )
             print(f"      gallery: {page}")
 
-    (runs / "results.json").write_text(
-        json.dumps(
-            [{k: v for k, v in r.items() if k not in SUMMARY_DROPS} for r in results],
-            ensure_ascii=False,
-            indent=1,
-        ),
-        encoding="utf-8",
-    )
-    table = format_table(results, strategies)
-    (runs / "captioning.md").write_text(table + "\n", encoding="utf-8")
-    print()
-    print(table)
+    if not args.served_only:
+        (runs / "results.json").write_text(
+            json.dumps(
+                [{k: v for k, v in r.items() if k not in SUMMARY_DROPS} for r in results],
+                ensure_ascii=False,
+                indent=1,
+            ),
+            encoding="utf-8",
+        )
+        table = format_table(results, strategies, dataset_name(data_dir))
+        (runs / "captioning.md").write_text(table + "\n", encoding="utf-8")
+        print()
+        print(table)
 
     if args.bundle:
+        if args.served_only:
+            results = recorded_results(runs, seeds, strategies)
+            print(f"      served-only: {len(results)} strategy results already in {runs} to choose from")
         serve = served_strategy(cfg, strategies, results)
-        split = read_manifest(rruns / "splits" / f"seed{seeds[0]}")
+        split = seeded_split(data_dir, rruns, seeds[0])
         bundle_dir = Path(args.bundle)
         out = runs / "captioner"
         print(f"training the served captioner ({serve}, seed {seeds[0]} split) -> {out}")

@@ -183,8 +183,10 @@ def write_seed_gallery(
     count: int,
     outputs: dict[str, dict[str, str]],
     recs: dict[str, list],
+    dataset: str,
 ) -> Path:
-    """A page of ``count`` random test images of the split with each strategy's sentence and the recommendations."""
+    """A page of ``count`` random test images of the split with each strategy's sentence and the recommendations,
+    titled with ``dataset`` (the name of the data)."""
     test = manifest_sentences(split, "test", "zh")
     ids = sorted(test)
     by_id = {r.id: r for r in split.records}
@@ -199,7 +201,7 @@ def write_seed_gallery(
         )
         for i in chosen
     ]
-    return write_gallery(folder, items, f"Tux Paint captions, seed {seed} test split")
+    return write_gallery(folder, items, f"{dataset} captions, seed {seed} test split")
 
 
 def served_strategy(cfg: CaptionerConfig, strategies: list[str], results: list[dict[str, Any]]) -> str:

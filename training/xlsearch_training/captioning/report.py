@@ -24,11 +24,12 @@ def _fmt(values: list[float]) -> str:
     return f"{arr.mean():.1f} ± {arr.std():.1f}" if len(arr) > 1 else f"{arr.mean():.1f}"
 
 
-def format_table(results: list[dict[str, Any]], strategies: list[str]) -> str:
+def format_table(results: list[dict[str, Any]], strategies: list[str], dataset: str) -> str:
+    """``dataset``: the name the heading gives the data (e.g. the --data folder's name)."""
     seeds = sorted({r["seed"] for r in results})
     head = "| Training | " + " | ".join(METRICS) + " | exact match % | val CIDEr-D |"
     lines = [
-        f"Tux Paint test splits, seeds {','.join(map(str, seeds))}: mean ± std over splits, scores x100, "
+        f"{dataset} test splits, seeds {','.join(map(str, seeds))}: mean ± std over splits, scores x100, "
         "jieba-segmented, beam 3.",
         "",
         head,

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from xlsearch.common import progress as progress_display
 from xlsearch.data.manifest import Manifest
 from xlsearch.encode.tag_vocab import extract_image_tags, image_tags_en
 from xlsearch_training.config import CONFIG_DIR
@@ -133,11 +134,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--bundle", help="train the served tagger and attach it to this bundle folder (implies --serve)"
     )
+    ap.add_argument(
+        "--served-only",
+        action="store_true",
+        help="only the served tagger (implies --serve): no experiment table, results.json and tagging.md untouched",
+    )
     ap.add_argument("--stamps-root", help="Tux Paint stamps folder (default: the Debian package's)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    ap.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.no_progress:
+        progress_display.set_enabled(False)
 
     experiment = TaggingExperiment.load(args.config)
     data, runs = Path(args.data), Path(args.runs)
@@ -159,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"      {len(extra_en)} English-only stamps for the cascade's first stage")
 
     results: list[dict[str, Any]] = []
-    for seed in seeds:
+    for seed in [] if args.served_only else seeds:
         split = seeded_split(data, runs, seed)
         for name, cfg in configs.items():
             r = run_one(split, features, cfg, seed, name, runs / f"seed{seed}" / slug(name), extra_en)
@@ -170,13 +178,16 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     runs.mkdir(parents=True, exist_ok=True)
-    (runs / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
-    table = format_table(results, models)
-    (runs / "tagging.md").write_text(table + "\n", encoding="utf-8")
-    print()
-    print(table)
+    if not args.served_only:
+        (runs / "results.json").write_text(
+            json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8"
+        )
+        table = format_table(results, models)
+        (runs / "tagging.md").write_text(table + "\n", encoding="utf-8")
+        print()
+        print(table)
 
-    if args.serve or args.bundle:
+    if args.serve or args.bundle or args.served_only:
         component = train_tagger_component(
             manifest, features, runs / "component", served, input_feature, seed=0, extra_english=extra_en
         )

@@ -123,6 +123,17 @@ def select_variants(variants: dict[str, Any], wanted: str) -> dict[str, Any]:
     return {k: variants[k] for k in chosen}
 
 
+def holds_model(dst: Path, src: Path) -> bool:
+    """Whether bundle ``dst`` holds every file of bundle ``src`` unchanged (by the manifests' content hashes): a
+    re-run then leaves ``dst`` and the tagger / captioner attached to it alone."""
+    try:
+        have = json.loads((dst / "manifest.json").read_text(encoding="utf-8"))["files"]
+        want = json.loads((src / "manifest.json").read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return all(have.get(name) == digest for name, digest in want.items())
+
+
 def merge_results(path: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The runs recorded in ``path`` (a results.json) with ``new`` ones replacing those of the same (variant,
     seed, split) in place and the others appended: a run with a subset of the variants adds to the table."""
@@ -222,11 +233,17 @@ def main(argv: list[str] | None = None) -> int:
 
     written = []
     if served in variants and seeds:
-        dst = runs / "bundle"
-        if dst.exists():
-            shutil.rmtree(dst)
-        shutil.copytree(seed_folder(runs, seeds[0], args.split) / slug(served) / "bundle", dst)
-        written.append(f"served bundle: {dst} ({served}, seed {seeds[0]}, {where.removesuffix('s')})")
+        src, dst = seed_folder(runs, seeds[0], args.split) / slug(served) / "bundle", runs / "bundle"
+        what = f"{served}, seed {seeds[0]}, {where.removesuffix('s')}"
+        if holds_model(dst, src):
+            written.append(
+                f"served bundle: {dst} ({what}) already holds this model; attached components kept"
+            )
+        else:
+            if dst.exists():
+                shutil.rmtree(dst)
+            shutil.copytree(src, dst)
+            written.append(f"served bundle: {dst} ({what})")
     runs.mkdir(parents=True, exist_ok=True)
     results = merge_results(runs / "results.json", results)
     write_text_atomic(runs / "results.json", json.dumps(results, indent=1, ensure_ascii=False))
