@@ -46,9 +46,10 @@ WORKDIR /srv/xlsearch
 ENV XLSEARCH_HOST=0.0.0.0 \
     XLSEARCH_PORT=50051 \
     XLSEARCH_METRICS_PORT=9464 \
+    XLSEARCH_HTTP_PORT=8080 \
     XLSEARCH_BUNDLE=/models/bundle \
     XLSEARCH_INDEX=/data/index
-EXPOSE 50051 9464
+EXPOSE 50051 9464 8080
 # Standard gRPC health (SERVING once the bundle and index are loaded), asked with the light client's CLI.
 # `|| exit 1`: Docker reserves exit code 2, which the CLI uses for "unreachable".
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \

@@ -180,6 +180,39 @@ def panels() -> list[dict[str, Any]]:
         12,
         8,
     )
+    g.row("HTTP/JSON API and web page")
+    g.add(
+        timeseries(
+            "HTTP request rate by route and status",
+            [
+                target(
+                    f"sum by (route, status) (rate(xlsearch_http_requests_total{{{SEL}}}[{RATE}]))",
+                    "{{route}} {{status}}",
+                )
+            ],
+            "reqps",
+        ),
+        8,
+        8,
+    )
+    g.add(
+        timeseries(
+            "HTTP latency p50 / p95 / p99 by route",
+            quantiles("xlsearch_http_request_duration_seconds", "route", SEL, "{{route}}"),
+            "s",
+        ),
+        8,
+        8,
+    )
+    g.add(
+        timeseries(
+            "HTTP requests in flight",
+            [target(f"sum by (route) (xlsearch_http_requests_in_flight{{{SEL}}})", "{{route}}")],
+            "short",
+        ),
+        8,
+        8,
+    )
     g.row("Search stages (computed searches; cached answers skip them)")
     g.add(
         timeseries(

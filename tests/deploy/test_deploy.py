@@ -229,7 +229,8 @@ def test_compose_file_is_consistent():
     assert server["depends_on"]["redis"]["condition"] == "service_healthy"
     exposed = set(re.findall(r"^EXPOSE (.+)$", DOCKERFILES["server"].read_text(), re.M)[0].split())
     published = {p.rsplit(":", 1)[1] for p in server["ports"]}
-    assert published == exposed == {server["environment"]["XLSEARCH_PORT"], "9464"}
+    env = server["environment"]
+    assert published == exposed == {env["XLSEARCH_PORT"], "9464", env["XLSEARCH_HTTP_PORT"]}
     for service in services.values():  # published on loopback only
         assert all(str(p).startswith("127.0.0.1:") for p in service.get("ports", []))
     for service in services.values():  # every config file mounted from deploy/ exists
@@ -277,7 +278,7 @@ def test_dockerfile_is_slim_non_root_and_torch_free(kind: str):
     if kind == "server":
         [health] = [line for line in final if line.startswith("HEALTHCHECK")]
         assert "xlsearch-client" in health and " health" in health and "|| exit 1" in health
-        assert set(re.findall(r"^EXPOSE (.+)$", text, re.M)[0].split()) == {"50051", "9464"}
+        assert set(re.findall(r"^EXPOSE (.+)$", text, re.M)[0].split()) == {"50051", "9464", "8080"}  # + HTTP
         env = " ".join(line for line in final if line.startswith("ENV "))
         assert "XLSEARCH_HOST=0.0.0.0" in env
 
