@@ -1,5 +1,6 @@
 """SearchEngine on a real bundle and real Tux Paint images: exact fusion equals brute force over every image, tag
-filter, validation, add/delete (also while searching) and persistence."""
+filter, validation, add/delete (also while searching) and persistence. The brute-force equivalence runs against both
+index backends: the FAISS folder and Milvus (Milvus Lite in a file under tmp_path)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from xlsearch.bundle.runtime import Bundle
 from xlsearch.data.manifest import Manifest, Record, read_manifest
 from xlsearch.encode.preprocess import load_image
 from xlsearch.errors import Code
+from xlsearch.index.backend import IndexBackend
 from xlsearch.index.image_index import ImageIndex, ImageMeta
 from xlsearch.search.engine import SearchEngine
 from xlsearch.search.errors import ImageTooLarge, InvalidArgument, InvalidImage, InvalidQuery, NotFound
@@ -33,6 +35,9 @@ class Collection:
     folder: Path  # a saved copy of `index`
     queries: list[str]
     qvecs: list[tuple[np.ndarray, np.ndarray]]
+    metas: list[ImageMeta]  # what was added, in int id order
+    img: np.ndarray
+    caps: list[np.ndarray | None]
 
 
 def uncaptioned(i: int) -> bool:
@@ -69,8 +74,42 @@ def coll(tiny_bundle: Path, tiny_manifest: Path, tmp_path_factory: pytest.TempPa
     queries = [s for r in test for s in r.zh]
     q_cm, q_cl = engine.encode_queries(queries)  # one batch: far fewer ONNX calls than one per query
     return Collection(
-        bundle, manifest, records, others, index, folder, queries, list(zip(q_cm, q_cl, strict=True))
+        bundle,
+        manifest,
+        records,
+        others,
+        index,
+        folder,
+        queries,
+        list(zip(q_cm, q_cl, strict=True)),
+        metas,
+        img,
+        caps,
     )
+
+
+@pytest.fixture(scope="module", params=["faiss", "milvus"])
+def backend(
+    request: pytest.FixtureRequest, coll: Collection, tmp_path_factory: pytest.TempPathFactory
+) -> IndexBackend:
+    """The collection's index on each backend: the FAISS ImageIndex, or the same images added to a Milvus Lite
+    collection (read back exactly: float32 vectors)."""
+    if request.param == "faiss":
+        return coll.index
+    pytest.importorskip("pymilvus")
+    from xlsearch.index.milvus import MilvusIndex
+
+    uri = str(tmp_path_factory.mktemp("milvus") / "search.db")
+    index = MilvusIndex.create(uri, "search", coll.bundle)
+    index.add(coll.metas, coll.img, coll.caps)
+    ids = np.array([index.int_id(m.id) for m in coll.metas])
+    np.testing.assert_array_equal(index.image_vectors(ids), coll.img)  # stored == computed, exactly
+    captioned = [n for n, c in enumerate(coll.caps) if c is not None]
+    np.testing.assert_array_equal(
+        index.caption_vectors(ids[captioned]), np.stack([coll.caps[n] for n in captioned])
+    )
+    assert (index.count, index.uncaptioned_count) == (coll.index.count, coll.index.uncaptioned_count)
+    return index
 
 
 @pytest.fixture
@@ -83,25 +122,36 @@ def live(coll: Collection, tmp_path: Path) -> SearchEngine:
 
 # -- brute force ----------------------------------------------------------------------------------------------------
 def brute(
-    index: ImageIndex, q_cm: np.ndarray, q_cl: np.ndarray, a: float, allowed: np.ndarray | None = None
+    index: IndexBackend, q_cm: np.ndarray, q_cl: np.ndarray, a: float, allowed: np.ndarray | None = None
 ) -> dict[int, tuple[float, float, float]]:
-    """int id -> (fused, cl, cm) for every (allowed) image, by numpy over all stored vectors. Images without a
-    caption take CM as CL (the engine's documented rule)."""
-    ids = index.images.ids()
-    cm = index.images.all_vectors().astype(np.float64) @ q_cm.astype(np.float64)
+    """int id -> (fused, cl, cm) for every (allowed) image, by numpy over all stored vectors (every live id, read
+    back by id). Images without a caption take CM as CL (the engine's documented rule)."""
+    ids, img, has, caps = _stored(index)
+    cm = img @ q_cm.astype(np.float64)
     cl = cm.copy()
-    cap_pos = {int(i): n for n, i in enumerate(index.captions.ids())}
-    cap_cl = index.captions.all_vectors().astype(np.float64) @ q_cl.astype(np.float64)
-    for n, i in enumerate(ids):
-        if int(i) in cap_pos:
-            cl[n] = cap_cl[cap_pos[int(i)]]
+    cl[has] = caps @ q_cl.astype(np.float64)
     fused = a * cl + (1 - a) * cm
     keep = set(allowed.tolist()) if allowed is not None else None
     return {int(i): (fused[n], cl[n], cm[n]) for n, i in enumerate(ids) if keep is None or int(i) in keep}
 
 
+_STORED: dict[tuple[int, str, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def _stored(index: IndexBackend) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, image vectors, has caption, caption vectors of the captioned) of every live image, per version."""
+    key = (id(index), index.uid, index.version)
+    if key not in _STORED:
+        ids = np.asarray(index.ids_with_tags([]))
+        assert len(ids) == index.count
+        has = index.has_caption(ids)
+        img = index.image_vectors(ids).astype(np.float64)
+        _STORED[key] = (ids, img, has, index.caption_vectors(ids[has]).astype(np.float64))
+    return _STORED[key]
+
+
 def assert_matches_brute(
-    res: SearchResult, scores: dict[int, tuple[float, float, float]], index: ImageIndex
+    res: SearchResult, scores: dict[int, tuple[float, float, float]], index: IndexBackend
 ) -> None:
     """Same top-k ids (up to exact-score ties) and the same fused, CL and CM scores."""
     ranked = sorted(scores, key=lambda i: (-scores[i][0], i))[:K]
@@ -116,17 +166,19 @@ def assert_matches_brute(
 
 # -- exact fusion ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("depth", [None, 1], ids=["default-depth", "depth-1"])
-def test_fusion_equals_brute_force_over_all_images(coll: Collection, depth: int | None) -> None:
-    """For every test-split query, CL, CM and CLM (bundle alpha and 0.5) rank like brute force over all images;
-    with initial depth 1 the threshold loop has to iterate."""
-    engine = SearchEngine(coll.bundle, coll.index, persist=False, initial_depth=depth)
+def test_fusion_equals_brute_force_over_all_images(
+    coll: Collection, backend: IndexBackend, depth: int | None
+) -> None:
+    """For every test-split query, CL, CM and CLM (bundle alpha and 0.5) rank like brute force over all images, on
+    each backend; with initial depth 1 the threshold loop has to iterate."""
+    engine = SearchEngine(coll.bundle, backend, persist=False, initial_depth=depth)
     rounds = []
     for q_cm, q_cl in coll.qvecs:
         for mode, alpha in (("CL", None), ("CM", None), ("CLM", None), ("CLM", 0.5)):
             a = {"CL": 1.0, "CM": 0.0}.get(mode, coll.bundle.alpha if alpha is None else alpha)
             res = engine.search_vectors(q_cm, q_cl, K, mode, alpha)
             assert res.alpha == a and res.exact
-            assert_matches_brute(res, brute(coll.index, q_cm, q_cl, a), coll.index)
+            assert_matches_brute(res, brute(backend, q_cm, q_cl, a), backend)
             rounds.append(res.rounds)
     assert len(coll.qvecs) >= 10
     if depth == 1:
@@ -151,29 +203,32 @@ def test_search_encodes_like_encode_query(coll: Collection) -> None:
     )
 
 
-def test_uncaptioned_images_take_cm_as_cl(coll: Collection) -> None:
-    engine = SearchEngine(coll.bundle, coll.index, persist=False)
+def test_uncaptioned_images_take_cm_as_cl(coll: Collection, backend: IndexBackend) -> None:
+    engine = SearchEngine(coll.bundle, backend, persist=False)
     q_cm, q_cl = coll.qvecs[0]
     hits = engine.search_vectors(q_cm, q_cl, 1000, "CM").hits
-    assert len(hits) == coll.index.count
+    assert len(hits) == backend.count
     bare = [h for h in hits if not h.has_caption]
     assert len(bare) == sum(uncaptioned(i) for i in range(len(coll.records)))
     assert all(h.cl_score == h.cm_score and h.caption == "" for h in bare)
     assert all(h.cl_score != h.cm_score for h in hits if h.has_caption)
 
 
-def test_tag_filter_equals_brute_force_on_tagged_images(coll: Collection) -> None:
-    engine = SearchEngine(coll.bundle, coll.index, persist=False, initial_depth=2)
-    counts = coll.index.tag_counts()
+def test_tag_filter_equals_brute_force_on_tagged_images(coll: Collection, backend: IndexBackend) -> None:
+    engine = SearchEngine(coll.bundle, backend, persist=False, initial_depth=2)
+    counts = backend.tag_counts()
+    assert counts == coll.index.tag_counts()
     common = max((t for t in counts if t not in ("甲", "乙")), key=counts.get)
     rare = min((t for t in counts if t not in ("甲", "乙")), key=counts.get)
     for tags in ([common], [common, "乙"], [rare]):
-        allowed = coll.index.ids_with_tags(tags)
-        for q_cm, q_cl in coll.qvecs[:15]:
+        allowed = backend.ids_with_tags(tags)
+        assert len(allowed) == len(coll.index.ids_with_tags(tags))
+        # Milvus Lite answers one search in ~10-25 ms (pure Python server): fewer queries keep the test short
+        for q_cm, q_cl in coll.qvecs[: 15 if backend is coll.index else 5]:
             for mode, a in (("CLM", coll.bundle.alpha), ("CL", 1.0), ("CM", 0.0)):
                 res = engine.search_vectors(q_cm, q_cl, K, mode, tags=tags)
                 assert all(set(tags) <= set(h.tags) for h in res.hits)
-                assert_matches_brute(res, brute(coll.index, q_cm, q_cl, a, allowed), coll.index)
+                assert_matches_brute(res, brute(backend, q_cm, q_cl, a, allowed), backend)
                 assert len(res.hits) == min(K, len(allowed))  # filtered inside the search, not after top-k
     assert engine.search(coll.queries[0], K, tags=["没有这个标签"]).hits == []
 
