@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
+from xlsearch.common.progress import progress as progress_bar
 from xlsearch.common.timing import StageTimer
 from xlsearch.encode.pipeline import Checkpoint, Row, run_resumable
 from xlsearch.encode.pipeline import fingerprint as _fingerprint
@@ -169,8 +169,8 @@ def run_job(
     items = source.items
     texts = list(dict.fromkeys(it.captions[0] for it in items if it.captions))
     with (
-        tqdm(total=len(items), unit="img", desc="images", disable=not progress) as bar,
-        tqdm(total=len(texts), unit="caption", desc="captions", disable=not progress) as cap_bar,
+        progress_bar(total=len(items), unit="img", desc="images", disable=not progress) as bar,
+        progress_bar(total=len(texts), unit="caption", desc="captions", disable=not progress) as cap_bar,
         timer("map"),
     ):
         captions = CaptionStage(
