@@ -1,4 +1,6 @@
-"""The assembled server: grpc.aio + health + reflection + interceptors + TLS + background loading.
+"""The assembled server: grpc.aio + health + reflection + interceptors + TLS + background loading, and beside it
+on the same event loop the HTTP/JSON API and web page (``http_api``: uvicorn over the same ``SearchService``, the
+same key check, the one ``CallLimiter``, the same TLS files).
 
 `SearchServer(settings).start()` binds the port first (health NOT_SERVING), then loads the bundle and index in a
 background thread and flips health to SERVING. `stop(grace)` sets NOT_SERVING, stops accepting calls and lets
