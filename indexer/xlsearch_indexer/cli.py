@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from xlsearch.common.timing import StageTimer
 from xlsearch.index.image_index import (
@@ -98,7 +100,100 @@ def build_parser() -> argparse.ArgumentParser:
         help="store a predicted tag only when its probability reaches this (default: %(default)s)",
     )
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    where = ap.add_argument_group("index backend (docs/scaling.md)")
+    where.add_argument(
+        "--backend",
+        choices=("faiss", "milvus"),
+        default="faiss",
+        help="faiss: the index folder --out; milvus: a Milvus collection (--out keeps report.json)",
+    )
+    where.add_argument("--milvus-uri", help="http://host:19530, or a Milvus Lite file (path/x.db)")
+    where.add_argument("--milvus-collection", default="xlsearch", help="collection (alias) to (re)place")
+    where.add_argument(
+        "--milvus-index", default="FLAT", help="FLAT (exact) | HNSW | IVF_FLAT | IVF_PQ | AUTOINDEX"
+    )
+    dist = ap.add_argument_group("distributed mapping on Ray Data (the [distributed] extra)")
+    dist.add_argument("--ray", action="store_true", help="decode and encode in Ray Data actors")
+    dist.add_argument(
+        "--ray-address", help="Ray cluster address (e.g. ray://head:10001 or auto); default: a local Ray"
+    )
+    dist.add_argument("--actors", type=int, default=1, help="image mapper actors (one bundle load each)")
+    dist.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs Ray reserves per actor")
+    dist.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        default=0.0,
+        help="GPUs per actor (> 0: ONNX Runtime's CUDA provider, CPU as fallback)",
+    )
     return ap
+
+
+SETTINGS = (
+    "batch_size",
+    "workers",
+    "threads",
+    "chunk_size",
+    "max_image_bytes",
+    "no_predicted_tags",
+    "min_tag_score",
+    "backend",
+    "ray",
+)
+
+
+def make_writer(args: argparse.Namespace, bundle: Any) -> Any:
+    """The FAISS folder writer, or the Milvus one (``milvus_writer``)."""
+    if args.backend == "faiss":
+        return IndexWriter(bundle, args.factory, args.out, ef_search=args.ef_search, nprobe=args.nprobe)
+    if not args.milvus_uri:
+        raise ValueError("--backend milvus needs --milvus-uri")
+    from xlsearch_indexer.milvus_writer import MilvusWriter
+
+    return MilvusWriter(
+        bundle,
+        args.milvus_uri,
+        args.milvus_collection,
+        args.out,
+        index_type=args.milvus_index,
+        ef_search=args.ef_search,
+        nprobe=args.nprobe,
+        token=os.environ.get("XLSEARCH_MILVUS_TOKEN"),
+    )
+
+
+def ray_job(
+    args: argparse.Namespace,
+    source: Any,
+    writer: Any,
+    checkpoint: Any,
+    timer: StageTimer,
+    settings: dict[str, Any],
+) -> JobResult:
+    """``--ray``: the same job with its mapping in Ray Data actors (``ray_job``)."""
+    try:
+        from xlsearch_indexer.ray_job import RayOptions, run_ray_job
+    except ImportError as e:
+        raise ValueError(
+            f"--ray needs the [distributed] extra (pip install 'xlsearch[distributed]'): {e}"
+        ) from None
+    opts = RayOptions(args.ray_address, args.actors, args.cpus_per_actor, args.gpus_per_actor)
+    return run_ray_job(
+        source,
+        args.bundle,
+        checkpoint,
+        writer,
+        opts,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        chunk_size=args.chunk_size,
+        max_image_bytes=args.max_image_bytes,
+        predict_tags=not args.no_predicted_tags,
+        min_tag_score=args.min_tag_score,
+        progress=not args.no_progress,
+        timer=timer,
+        settings=settings,
+    )
 
 
 def summary_table(result: JobResult) -> str:
@@ -140,31 +235,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         with timer("load"):
             bundle = Bundle(args.bundle, intra_op_threads=args.threads)
-        writer = IndexWriter(bundle, args.factory, args.out, ef_search=args.ef_search, nprobe=args.nprobe)
-        result = run_job(
-            source,
-            ImageDecoder(bundle.preprocess_config, args.max_image_bytes),
-            BundleEncoder(bundle, predict_tags=not args.no_predicted_tags, min_tag_score=args.min_tag_score),
-            checkpoint_for(args.out, BundleKey.of(bundle)),
-            writer,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            chunk_size=args.chunk_size,
-            progress=not args.no_progress,
-            timer=timer,
-            settings={
-                k: getattr(args, k)
-                for k in (
-                    "batch_size",
-                    "workers",
-                    "threads",
-                    "chunk_size",
-                    "max_image_bytes",
-                    "no_predicted_tags",
-                    "min_tag_score",
-                )
-            },
-        )
+        writer = make_writer(args, bundle)
+        settings = {k: getattr(args, k) for k in SETTINGS}
+        checkpoint = checkpoint_for(args.out, BundleKey.of(bundle))
+        if args.ray:
+            result = ray_job(args, source, writer, checkpoint, timer, settings)
+        else:
+            result = run_job(
+                source,
+                ImageDecoder(bundle.preprocess_config, args.max_image_bytes),
+                BundleEncoder(
+                    bundle, predict_tags=not args.no_predicted_tags, min_tag_score=args.min_tag_score
+                ),
+                checkpoint,
+                writer,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                chunk_size=args.chunk_size,
+                progress=not args.no_progress,
+                timer=timer,
+                settings=settings,
+            )
     except (ManifestError, BundleError, IndexFormatError, FileNotFoundError, ValueError) as e:
         print(f"xlsearch index: error: {e}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ import numpy as np
 
 from xlsearch.common.progress import progress as progress_bar
 from xlsearch.common.timing import StageTimer
-from xlsearch.encode.pipeline import Checkpoint, Row, run_resumable
+from xlsearch.encode.pipeline import Checkpoint, ResumeResult, Row, run_resumable
 from xlsearch.encode.pipeline import fingerprint as _fingerprint
 from xlsearch.encode.preprocess import ImageError
 from xlsearch.index.image_index import BundleKey, ImageIndex, ImageMeta
@@ -197,6 +197,28 @@ def run_job(
         )
         with timer("wait_captions"):
             vectors = captions.result()
+    return finish_job(
+        source, done, vectors, checkpoint, writer, timer, settings, t_start, batch_size, workers, chunk_size
+    )
+
+
+def finish_job(
+    source: Source,
+    done: ResumeResult,
+    vectors: dict[str, np.ndarray],
+    checkpoint: Checkpoint[SourceItem],
+    writer: Any,
+    timer: StageTimer,
+    settings: dict[str, Any] | None,
+    t_start: float,
+    batch_size: int,
+    workers: int,
+    chunk_size: int,
+) -> JobResult:
+    """The job's end, shared by the local and the Ray job (``ray_job``): the caption vectors joined to the rows,
+    the report, the writer, the checkpoint cleared."""
+    items = source.items
+    texts = {it.captions[0] for it in items if it.captions}
     rows = done.rows
     for it, r in zip(items, rows, strict=True):
         if not r.skipped:

@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings)
     from xlsearch_server.app import ServerStartError, load_keys, server_credentials
-    from xlsearch_server.service.loading import PairError, check_pair
+    from xlsearch_server.service.loading import PairError, check_served
 
     try:  # the loopback rule and the key/TLS files, before anything is loaded or bound
         load_keys(settings)
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xlsearch serve: error: {e}", file=sys.stderr)
         return 2
     try:
-        check_pair(settings.bundle, settings.index)
+        check_served(settings)
     except PairError as e:
         print(f"xlsearch serve: error: {e}", file=sys.stderr)
         return 2

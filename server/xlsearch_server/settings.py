@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic.fields import FieldInfo
@@ -36,6 +36,28 @@ class ServerSettings(BaseSettings):
         None, description="bundle folder (ONNX encoders + vocabularies + manifest.json)"
     )
     index: Path | None = Field(None, description="index folder written by `xlsearch index` for that bundle")
+    index_backend: Literal["faiss", "milvus"] = Field(
+        "faiss",
+        description="faiss: the index folder (--index), in this process; milvus: a Milvus collection "
+        "(--milvus-uri, --milvus-collection) that several servers can share (docs/scaling.md)",
+    )
+    milvus_uri: str | None = Field(
+        None,
+        description="index_backend=milvus: http://host:19530 (a Milvus server or `milvus-lite server`) or a "
+        "Milvus Lite file path (one process only)",
+    )
+    milvus_collection: str = Field(
+        "xlsearch", description="index_backend=milvus: the collection (alias) name"
+    )
+    milvus_token: str | None = Field(
+        None, description="index_backend=milvus: 'user:password' or an API token"
+    )
+    milvus_refresh_seconds: float = Field(
+        0.5,
+        ge=0,
+        description="index_backend=milvus: how often the shared index version (and counts) are re-read; a "
+        "change made through another server shows in this one's results within this time",
+    )
 
     # Where.
     host: str = Field("127.0.0.1", description="gRPC bind address (0.0.0.0 / [::] to accept remote clients)")
@@ -202,6 +224,10 @@ class ServerSettings(BaseSettings):
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if self.index_backend == "milvus" and not self.milvus_uri:
+            raise ValueError(
+                "index_backend=milvus needs milvus_uri (a Milvus server URI or a Milvus Lite file)"
+            )
         return self
 
     @property

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-__all__ = ["available_cpus", "make_session", "run"]
+__all__ = ["available_cpus", "make_session", "providers", "run"]
 
 
 def available_cpus() -> int:
@@ -31,7 +31,17 @@ def make_session(
     opts.intra_op_num_threads = intra_op_threads or available_cpus()
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    return ort.InferenceSession(str(Path(path)), sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(Path(path)), sess_options=opts, providers=providers())
+
+
+def providers() -> list[str]:
+    """ONNX Runtime execution providers, in order: ``XLSEARCH_ONNX_PROVIDERS`` (comma-separated, e.g.
+    ``CUDAExecutionProvider,CPUExecutionProvider``; a GPU worker of ``xlsearch index --ray --gpus-per-actor``
+    sets it), those this onnxruntime build lacks dropped; default CPU only."""
+    wanted = [p.strip() for p in os.environ.get("XLSEARCH_ONNX_PROVIDERS", "").split(",") if p.strip()]
+    available = set(ort.get_available_providers())
+    chosen = [p for p in wanted if p in available]
+    return chosen or ["CPUExecutionProvider"]
 
 
 def run(

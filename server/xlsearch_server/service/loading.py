@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from xlsearch.bundle.manifest import BundleError, read_bundle_manifest
 from xlsearch.errors import Unavailable
@@ -49,8 +50,40 @@ def check_pair(bundle: Path | None, index: Path | None) -> None:
         ) from None
 
 
+def check_served(settings: ServerSettings) -> None:
+    """``check_pair`` for the configured backend: the index folder's manifest, or the Milvus collection's
+    properties (one connection, no data read)."""
+    if settings.index_backend == "faiss":
+        check_pair(settings.bundle, settings.index)
+        return
+    if settings.bundle is None:
+        raise PairError("a bundle (--bundle / XLSEARCH_BUNDLE) is needed")
+    try:
+        bundle_key = BundleKey.of(read_bundle_manifest(settings.bundle, verify=False))
+        open_milvus(settings, bundle_key).close()
+    except (BundleError, IndexFormatError) as e:
+        raise PairError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - pymilvus' connection errors: the server exits with the reason
+        raise PairError(f"milvus at {settings.milvus_uri}: {e}") from None
+
+
+def open_milvus(settings: ServerSettings, bundle: object) -> Any:
+    """The configured Milvus collection, checked against ``bundle``."""
+    from xlsearch.index.milvus import MilvusIndex
+
+    assert settings.milvus_uri is not None
+    return MilvusIndex.open(
+        settings.milvus_uri,
+        settings.milvus_collection,
+        bundle,
+        token=settings.milvus_token,
+        refresh_seconds=settings.milvus_refresh_seconds,
+    )
+
+
 def load_engine(settings: ServerSettings) -> Engine:
-    """Bundle + ImageIndex -> SearchEngine (blocking; seconds). Raises on a mismatched or broken pair."""
+    """Bundle + index (the FAISS folder, or a Milvus collection) -> SearchEngine (blocking; seconds). Raises on a
+    mismatched or broken pair."""
     import faiss
 
     from xlsearch.bundle.runtime import Bundle
@@ -58,12 +91,19 @@ def load_engine(settings: ServerSettings) -> Engine:
     from xlsearch.index.image_index import ImageIndex
     from xlsearch.search.engine import SearchEngine
 
-    check_pair(settings.bundle, settings.index)
+    check_served(settings)
     # A single-query search gains nothing from OpenMP; its spinning threads only slow the encoders down.
     faiss.omp_set_num_threads(1)
     instances = settings.encoder_instances or available_cpus()
     bundle = Bundle(settings.bundle, intra_op_threads=settings.onnx_threads, sentence_instances=instances)
-    index = ImageIndex.load(settings.index, bundle)  # the snapshot + the change log after it
+    store = None
+    if settings.index_backend == "milvus":  # no index state here: Milvus owns it, add/delete write through
+        from xlsearch.index.milvus_changes import MilvusChanges
+
+        index = open_milvus(settings, bundle)
+        store = MilvusChanges(index)
+    else:
+        index = ImageIndex.load(settings.index, bundle)  # the snapshot + the change log after it
     if settings.ef_search is not None:
         index.ef_search = settings.ef_search
     if settings.nprobe is not None:
@@ -78,6 +118,7 @@ def load_engine(settings: ServerSettings) -> Engine:
         query_batch_window=settings.query_batch_window_ms / 1000.0,
         snapshot_min_bytes=int(settings.snapshot_min_mib * (1 << 20)),
         snapshot_fraction=settings.snapshot_fraction,
+        store=store,
     )
     engine.warmup()  # lazy encoders load now, so health turns SERVING only when the first search is fast
     return engine
