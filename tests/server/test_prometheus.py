@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -120,7 +121,7 @@ def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture(scope="module")
 def server(pair: ServedPair, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     st = ServerThread(
-        test_settings(bundle=pair.bundle, index=pair.index_copy(tmp_path_factory.mktemp("prom")))
+        test_settings(bundle=pair.bundle, index=pair.index_copy(tmp_path_factory.mktemp("prom")), http_port=0)
     )
     assert st.wait_ready(), st.server.slot.error
     assert st.server.metrics_port
@@ -135,6 +136,14 @@ def traffic(server: ServerThread) -> None:
         with pytest.raises(XlsearchError):
             client.search("")  # INVALID_ARGUMENT
         client.stats()
+    base = f"http://127.0.0.1:{server.server.http_port}"  # the HTTP panels: a search and a refused one
+    for body, ok in ((b'{"query": "\xe8\xa2\x8b\xe9\xbc\xa0", "top_k": 3}', True), (b'{"query": ""}', False)):
+        req = urllib.request.Request(f"{base}/v1/search", body, {"Content-Type": "application/json"})
+        try:
+            with _http.open(req, timeout=30) as resp:
+                assert ok and resp.status == 200
+        except urllib.error.HTTPError as e:
+            assert not ok and e.code == 400
 
 
 @pytest.fixture(scope="module")

@@ -235,7 +235,8 @@ def test_an_index_without_features_asks_for_the_bytes(tiny_annotated_bundle, tin
 
     index = tmp_path / "index"
     shutil.copytree(tiny_annotated_index, index)
-    (index / "features.faiss").unlink()
+    for name in ("features.f16.npy", "features.ids.npy", "features.faiss"):  # today's files and the older one
+        (index / name).unlink(missing_ok=True)
     manifest = json.loads((index / "manifest.json").read_text())
     manifest.update(features=0, feature_dim=0)
     (index / "manifest.json").write_text(json.dumps(manifest))

@@ -14,6 +14,7 @@ pytest.importorskip("torch")
 from xlsearch_training.a3vse.config import A3VSEExperiment, A3VSERun, W2VVRun  # noqa: E402
 from xlsearch_training.captioning.config import CaptionerConfig  # noqa: E402
 from xlsearch_training.config import CONFIG_DIR, ConfigError, from_dict  # noqa: E402
+from xlsearch_training.srnn.config import SRNNExperiment  # noqa: E402
 from xlsearch_training.tagging.config import TaggerConfig, TaggingExperiment  # noqa: E402
 from xlsearch_training.w2vv.config import RetrievalExperiment, TrainConfig  # noqa: E402
 
@@ -24,6 +25,7 @@ LOADERS = {
     "tagging_tuxpaint.json": TaggingExperiment,
     "captioning_tuxpaint.json": CaptionerConfig,
     "a3vse_tuxpaint.json": A3VSEExperiment,
+    "srnn_tuxpaint.json": SRNNExperiment,
 }
 
 
@@ -162,6 +164,7 @@ def test_a3vse_plan_and_baseline_references_are_checked(tmp_path):
 def _cli_mains():
     from xlsearch_training.a3vse.cli import main as a3vse_main
     from xlsearch_training.captioning.cli import main as captioning_main
+    from xlsearch_training.srnn.cli import main as srnn_main
     from xlsearch_training.tagging.cli import main as tagging_main
     from xlsearch_training.w2vv.pipeline import main as pipeline_main
 
@@ -170,6 +173,7 @@ def _cli_mains():
         "tagging_tuxpaint.json": tagging_main,
         "captioning_tuxpaint.json": captioning_main,
         "a3vse_tuxpaint.json": a3vse_main,
+        "srnn_tuxpaint.json": lambda argv: srnn_main(["tagging", *argv]),
     }
 
 
