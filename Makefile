@@ -25,10 +25,10 @@ retrieval: setup  ## retrieval table: every W2VV variant of configs/tuxpaint.jso
 	$(VENV)/bin/xlsearch-train --data data/tuxpaint --runs runs/demo --seeds $(SEEDS)
 
 tagging: setup  ## tagging table (MLP / Multi-task / Cascading MLP x k rules) over SEEDS; needs `make demo` features
-	$(VENV)/bin/xlsearch-train-tagger --data data/tuxpaint --runs runs/tagging --features-from runs/demo --seeds $(SEEDS)
+	$(VENV)/bin/xlsearch-train-tagger --data data/tuxpaint --runs runs/tagging --features-from runs/demo --seeds $(SEEDS) --english-only tuxpaint
 
 captioning: setup  ## captioning table (monolingual / transfer / sequential / tags vs NN recommendation) over SEEDS
-	$(VENV)/bin/xlsearch-train-captioner --data data/tuxpaint --retrieval-runs runs/demo --runs runs/captioning --seeds $(SEEDS)
+	$(VENV)/bin/xlsearch-train-captioner --data data/tuxpaint --retrieval-runs runs/demo --runs runs/captioning --seeds $(SEEDS) --corpus-a tuxpaint
 
 a3vse: setup  ## A3VSE sparse-annotation experiment (20/50/100% annotated) over seeds 0,1,2
 	$(VENV)/bin/xlsearch-train-a3vse --data data/tuxpaint --runs runs/a3vse --seeds 0,1,2 --backbone-runs runs/demo

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian/Ubuntu machine for xlsearch: Debian packages, then a virtual environment with the
-# training, data and dev extras. Idempotent: re-running only installs what is missing.
+# training, data, dev and distributed (Ray Data, Milvus Lite) extras. Idempotent: re-running only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,8 +27,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.xlsearch-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ clients/pyproject.toml -nt "$stamp" ]; then
-  echo "[setup] pip install -e .[train,dev] (torch comes from the local wheel cache when present)"
-  "$VENV/bin/pip" install -q -e ".[train,dev]"
+  echo "[setup] pip install -e .[train,dev,distributed] (torch comes from the local wheel cache when present)"
+  "$VENV/bin/pip" install -q -e ".[train,dev,distributed]"
   # The light client generates its protobuf code at build time (grpcio-tools comes with the dev extra).
   "$VENV/bin/pip" install -q --no-build-isolation -e ./clients
   touch "$stamp"

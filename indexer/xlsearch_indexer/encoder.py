@@ -79,7 +79,7 @@ class BundleEncoder:
     def __init__(self, bundle: Any, predict_tags: bool = True, min_tag_score: float = DEFAULT_MIN_TAG_SCORE):
         self.bundle = bundle
         self.dim, self.cl_dim = int(bundle.dim), int(bundle.cl_dim)
-        self.feature_dim = bundle.manifest.image_encoder.feature_dim if bundle.has_features else 0
+        self.feature_dim = bundle.manifest.image_encoder.component_dim  # what the components read
         self.tagger = bundle.tagger if predict_tags else None
         self.min_tag_score = min_tag_score
 

@@ -170,7 +170,10 @@ class ServerSettings(BaseSettings):
         1, gt=0, description="ONNX Runtime / e5 intra-op threads per query (None: all CPUs)"
     )
     worker_threads: int = Field(
-        2, gt=0, description="threads running searches, Tag, Caption and stats next to the event loop"
+        4,
+        gt=0,
+        description="threads running searches, Tag, Caption and stats next to the event loop (more than "
+        "encoder_instances, so queries queue for the encoders and are micro-batched)",
     )
     encoder_instances: int | None = Field(
         None,
@@ -182,7 +185,9 @@ class ServerSettings(BaseSettings):
         16, gt=0, description="most queries encoded together (queries queued while every encoder is busy)"
     )
     query_batch_window_ms: float = Field(
-        0.0, ge=0, description="how long a free encoder waits for more queries before encoding (0: never waits)"
+        0.0,
+        ge=0,
+        description="how long a free encoder waits for more queries before encoding (0: never waits)",
     )
     ef_search: int | None = Field(
         None, gt=0, description="HNSW indexes: candidate list size per search (none: the index's own setting)"
@@ -191,10 +196,14 @@ class ServerSettings(BaseSettings):
         None, gt=0, description="IVF indexes: lists visited per search (none: the index's own setting)"
     )
     snapshot_min_mib: float = Field(
-        64.0, gt=0, description="the index change log is snapshotted once above this size and snapshot_fraction"
+        64.0,
+        gt=0,
+        description="the index change log is snapshotted once above this size and snapshot_fraction",
     )
     snapshot_fraction: float = Field(
-        0.5, gt=0, description="... and above this fraction of the index's snapshot size (background snapshot)"
+        0.5,
+        gt=0,
+        description="... and above this fraction of the index's snapshot size (background snapshot)",
     )
     write_threads: int = Field(
         1,

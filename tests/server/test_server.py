@@ -117,7 +117,9 @@ BAD_SEARCHES = {
     "empty": pb.SearchRequest(query=""),
     "whitespace": pb.SearchRequest(query=" \t\n "),
     "10000 chars": pb.SearchRequest(query="猫" * 10_000),
-    "min_score above 1": pb.SearchRequest(query=QUERY, min_score=2.0),  # English queries are accepted (issue 12)
+    "min_score above 1": pb.SearchRequest(
+        query=QUERY, min_score=2.0
+    ),  # English queries are accepted (issue 12)
     "text and image": pb.SearchRequest(query=QUERY, image=pb.ImageRef(image_id="x")),
     "emoji only": pb.SearchRequest(query="😀🐱🍎"),
     "negative top_k": pb.SearchRequest(query=QUERY, top_k=-1),

@@ -234,7 +234,7 @@ def test_experiment_cli_end_to_end(tiny_run, tmp_path: Path) -> None:
     argv = [
         "--data", str(tiny_run.data), "--retrieval-runs", str(tiny_run.runs), "--runs", str(runs),
         "--retrieval-config", str(REPO / "tests" / "fixtures" / "tiny_config.json"), "--config", str(config),
-        "--seeds", "0", "--gallery", "4", "--bundle", str(bundle),
+        "--seeds", "0", "--gallery", "4", "--bundle", str(bundle), "--corpus-a", "tuxpaint",
     ]  # fmt: skip
     assert main(argv) == 0
     table = (runs / "captioning.md").read_text("utf-8")
@@ -260,7 +260,7 @@ def test_experiment_cli_end_to_end(tiny_run, tmp_path: Path) -> None:
 
     # Resumable: a second run reads every result instead of training again.
     stamp = (runs / "seed0" / "monolingual" / "result.json").stat().st_mtime_ns
-    assert main([*argv[:-2], "--gallery", "0"]) == 0
+    assert main([*argv[:-4], "--corpus-a", "tuxpaint", "--gallery", "0"]) == 0
     assert (runs / "seed0" / "monolingual" / "result.json").stat().st_mtime_ns == stamp
 
 

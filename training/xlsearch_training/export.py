@@ -1,7 +1,8 @@
 """ONNX export of image encoders: `pixels` float32 [B,3,S,S] -> `embedding` float32 [B,D], dynamic batch.
 
 A bundle's image encoder has a second output, `feature` (the L2-normalised pooled backbone vector), which the
-tagger and captioner components read; modules returning a tuple are exported with one name per output.
+tagger and captioner components read, and, for a backbone with stage taps, a third, `multiscale` (pooled backbone
+stages, `xlsearch_training.multiscale.backbone`); modules returning a tuple are exported with one name per output.
 `runtime_versions` is what every bundle writer records about the software that wrote the bundle."""
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from xlsearch.encode.onnx import make_session
 __all__ = [
     "FEATURE_NAME",
     "INPUT_NAME",
+    "MULTISCALE_NAME",
     "OUTPUT_NAME",
     "ImageEncoderHead",
     "compare_with_onnx",
@@ -35,6 +37,7 @@ __all__ = [
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "embedding"
 FEATURE_NAME = "feature"
+MULTISCALE_NAME = "multiscale"
 
 
 class ImageEncoderHead(nn.Module):

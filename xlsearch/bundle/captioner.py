@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from xlsearch.bundle.components import accepted_input_dims, input_dim
 from xlsearch.encode.onnx import make_session
 from xlsearch.encode.text import PAD_ID, UNK_ID, Vocab
 from xlsearch.errors import InvalidArgument
@@ -162,7 +163,9 @@ class Captioner:
         self.spec = spec
         self.vocab = vocab
         self._embed, self._step = embed_session, step_session
-        self.feature_dim = int(spec["input_feature"]["dim"])
+        self.feature_dim = input_dim(spec)
+        # attached to a multi-scale bundle, it takes the bundle's wider vectors and reads their leading columns
+        self._accepted = accepted_input_dims(spec)
         self.max_len = int(spec.get("max_len", 20))
         self.length_penalty = float(spec.get("length_penalty", 1.0))
         self.tag_vocab = tag_vocab
@@ -271,10 +274,11 @@ class Captioner:
 
     def _check_features(self, features: np.ndarray) -> np.ndarray:
         arr = np.asarray(features)
-        if arr.ndim != 2 or arr.shape[1] != self.feature_dim:
+        if arr.ndim != 2 or arr.shape[1] not in self._accepted:
             raise CaptionInputError(
                 f"features must have shape [B, {self.feature_dim}], got {list(arr.shape)}"
             )
+        arr = arr[:, : self.feature_dim]
         if not np.issubdtype(arr.dtype, np.number):
             raise CaptionInputError(f"features must be numeric, got dtype {arr.dtype}")
         arr = np.ascontiguousarray(arr, dtype=np.float32)

@@ -63,6 +63,15 @@ def check_input_feature(bundle_manifest: dict[str, Any], spec: dict[str, Any], w
         problems.append(f"backbone {want.get('backbone')} != bundle's {image.get('backbone')}")
     if want.get("preprocess") != image.get("preprocess"):
         problems.append("preprocessing differs from the bundle's")
+    if want.get("multiscale"):
+        have = image.get("multiscale")
+        if not have:
+            problems.append("it reads the multi-scale output, which the bundle's image encoder lacks")
+        elif (want["multiscale"].get("stages"), want["multiscale"].get("dims")) != (
+            have.get("stages"),
+            have.get("dims"),
+        ):
+            problems.append("its multi-scale stages differ from the bundle's")
     if problems:
         raise ComponentError(f"{where}: trained on other image features: " + "; ".join(problems))
 
@@ -78,6 +87,25 @@ def attach_component(bundle_dir: str | Path, component_dir: str | Path) -> dict[
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(component_dir, dst)
-    return update_bundle_manifest(
-        bundle_dir, {kind: {**spec, "folder": kind}}, verify=False
-    )  # verified above
+    # the component reads the leading input_dim(spec) columns of the bundle's [feature ; multiscale] vectors
+    recorded = {**spec, "folder": kind, "bundle_input_dim": bundle_input_dim(manifest)}
+    return update_bundle_manifest(bundle_dir, {kind: recorded}, verify=False)  # verified above
+
+
+def input_dim(spec: dict[str, Any]) -> int:
+    """Width of the features a component reads: the backbone feature, then the multi-scale stages if it uses them."""
+    feature = spec["input_feature"]
+    return int(feature["dim"]) + (int(sum(feature["multiscale"]["dims"])) if feature.get("multiscale") else 0)
+
+
+def bundle_input_dim(bundle_manifest: dict[str, Any]) -> int:
+    """Width of the feature vectors a bundle gives its components ([feature ; multiscale])."""
+    image = bundle_manifest["image_encoder"]
+    ms = image.get("multiscale")
+    return int(image.get("feature_dim", 0)) + (int(sum(ms["dims"])) if ms else 0)
+
+
+def accepted_input_dims(spec: dict[str, Any]) -> tuple[int, ...]:
+    """The feature widths a loaded component takes: its own, and its bundle's when attached (it then reads the
+    leading columns)."""
+    return tuple(sorted({input_dim(spec), int(spec.get("bundle_input_dim") or input_dim(spec))}))

@@ -27,7 +27,9 @@ from xlsearch.errors import FailedPrecondition
 
 BUNDLE_FORMAT = "xlsearch-bundle/1"
 MANIFEST = "manifest.json"
-CL_SPACES = ("visual", "sentence")
+# "joint": CL = w_visual * cos(W2VV / tower text) + w_sentence * cos(e5), served as one inner product over the
+# concatenated, weight-scaled vectors (fusion.info["weights"]; see xlsearch.eval.fusion.choose_simplex)
+CL_SPACES = ("visual", "sentence", "joint")
 COMPONENT_KINDS = ("tagger", "captioner")
 # "words": a W2VV tower (jieba / regex words + its vocab_<lang>.json); the subword kinds: a pretrained tower
 # (Chinese-CLIP WordPiece, a Hugging Face tokenizer.json) whose tokenizer file is named by ``tokenizer.file``.
@@ -60,11 +62,26 @@ class ImageEncoderSpec:
     backbone_name: str = ""
     head: dict[str, Any] | None = None  # W2VV: centring + projection
     regions: dict[str, Any] | None = None  # A3VSE: the region extractor
+    # Niu et al.'s multi-scale features: a third output, pooled stages of the backbone ({"output", "stages",
+    # "dims", "pooling"}); the components' input is then [feature ; multiscale] (None: no such output)
+    multiscale: dict[str, Any] | None = None
+
+    @property
+    def multiscale_dim(self) -> int:
+        return int(sum(self.multiscale["dims"])) if self.multiscale else 0
+
+    @property
+    def component_dim(self) -> int:
+        """Width of the vector the components read and the index stores: ``feature`` (+ ``multiscale``)."""
+        return self.feature_dim + self.multiscale_dim if self.feature_output else 0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str) -> ImageEncoderSpec:
         d = dict(_strict(cls, d, where))
         d["preprocess"] = PreprocessConfig.from_dict(d["preprocess"])
+        ms = d.get("multiscale")
+        if ms is not None and (not d.get("feature_output") or not ms.get("output") or not ms.get("dims")):
+            raise BundleError(f"{where}: multiscale needs a feature output, its own output name and dims")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,7 +131,22 @@ class FusionSpec:
         spec = cls(float(d.pop("alpha", 0.5)), str(d.pop("cl_space", "visual")), d)
         if spec.cl_space not in CL_SPACES:
             raise BundleError(f"{where}: unknown cl_space {spec.cl_space!r}")
+        if spec.cl_space == "joint":
+            w = spec.info.get("weights")
+            if not isinstance(w, dict) or set(w) != {"visual", "sentence"} or min(w.values()) < 0:
+                raise BundleError(
+                    f"{where}: cl_space 'joint' needs weights {{'visual': w, 'sentence': w}} >= 0"
+                )
+            if not abs(sum(w.values()) - 1.0) < 1e-6:
+                raise BundleError(f"{where}: joint CL weights must sum to 1, got {w}")
         return spec
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Weights of the two CL spaces inside CL (joint: as chosen; else all on the served space)."""
+        if self.cl_space == "joint":
+            return {k: float(v) for k, v in self.info["weights"].items()}
+        return {"visual": float(self.cl_space == "visual"), "sentence": float(self.cl_space == "sentence")}
 
     def to_dict(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "cl_space": self.cl_space, **self.info}
@@ -168,7 +200,9 @@ class BundleManifest:
             sentence = d.pop("sentence_encoder", None)
             cl_dim = d.pop("cl_dim", None)
             if cl_dim is None:  # written before cl_dim was recorded, or the CL space just changed
-                cl_dim = dim if fusion.cl_space == "visual" else _sentence_dim(sentence, where)
+                cl_dim = {"visual": dim, "sentence": 0, "joint": dim}[fusion.cl_space]
+                if fusion.cl_space != "visual":
+                    cl_dim += _sentence_dim(sentence, where)
             elif fusion.cl_space == "visual" and int(cl_dim) != dim:
                 raise BundleError(f"{where}: cl_dim {cl_dim} != dim {dim} in the visual CL space")
             return cls(
@@ -212,7 +246,7 @@ class BundleManifest:
 
 def _sentence_dim(spec: dict[str, Any] | None, where: str) -> int:
     if not spec:
-        raise BundleError(f"{where}: cl_space 'sentence' needs a sentence_encoder")
+        raise BundleError(f"{where}: cl_space 'sentence' or 'joint' needs a sentence_encoder")
     if "dim" in spec:
         return int(spec["dim"])
     from xlsearch.encode.sentence import build_sentence_encoder  # legacy manifests only: asks the model

@@ -14,11 +14,12 @@ import numpy as np
 
 from xlsearch.bundle.captioner import Captioner
 from xlsearch.bundle.manifest import BundleError, BundleManifest, load_bundle_manifest
+from xlsearch.bundle.sequence_tagger import SEQUENCE_TAGGER_FORMAT, SequenceTagger
 from xlsearch.bundle.tagger import Tagger
-from xlsearch.encode.crops import crop_mean, flat_crops
+from xlsearch.encode.crops import crop_mean, flat_crops, l2_normalize
+from xlsearch.encode.encoder_pool import sentence_encoder_pool
 from xlsearch.encode.onnx import make_session
 from xlsearch.encode.preprocess import preprocess
-from xlsearch.encode.encoder_pool import sentence_encoder_pool
 from xlsearch.encode.sentence import SentenceEncoder
 from xlsearch.encode.subword import SubwordTokenizer, load_subword_tokenizer
 from xlsearch.encode.text import Vocab, encode_batch, tokenizer_for
@@ -26,6 +27,23 @@ from xlsearch.encode.text import Vocab, encode_batch, tokenizer_for
 # Sentence-encoder roles: queries are Chinese, captions English (e5 wants "query:" / "passage:" prefixes).
 SENTENCE_ROLE = {"zh": "query", "en": "passage"}
 COMPONENT_LOADERS: dict[str, Any] = {"tagger": Tagger, "captioner": Captioner}
+
+
+def component_loader(kind: str, spec: dict[str, Any]) -> Any:
+    """The runtime class of a component: by kind, and for a tagger by its format (label sequences of the
+    S-CNN-RNN, ``xlsearch.bundle.sequence_tagger``, or tag scores)."""
+    if kind == "tagger" and spec.get("format") == SEQUENCE_TAGGER_FORMAT:
+        return SequenceTagger
+    return COMPONENT_LOADERS[kind]
+
+
+def _stagewise_crop_mean(vectors: np.ndarray, n: int, dims: list[int]) -> np.ndarray:
+    """Crop mean of a multi-scale output, each stage's slice re-normalised on its own."""
+    mean = crop_mean(vectors, n, renormalize=False)
+    bounds = np.cumsum([0, *dims])
+    return np.concatenate(
+        [l2_normalize(mean[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)], 1
+    )
 
 
 @dataclass
@@ -102,8 +120,8 @@ class Bundle:
         self._threads = intra_op_threads
         self._components: dict[str, Any] = {}
         self._components_lock = threading.Lock()
-        if self.cl_space == "sentence" and self._sentence is None:
-            raise BundleError(f"{self.folder}: cl_space 'sentence' needs a sentence_encoder")
+        if self.cl_space != "visual" and self._sentence is None:
+            raise BundleError(f"{self.folder}: cl_space {self.cl_space!r} needs a sentence_encoder")
 
     def warm_sentence_encoders(self) -> None:
         """Load every sentence-encoder instance now (each loads its model on first use)."""
@@ -130,16 +148,19 @@ class Bundle:
 
     def encode_pixels_with_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[B,3,H,W] (or [B,crops,3,H,W], averaged over the crops and re-normalised) -> ([B,D] index vectors,
-        [B,F] L2-normalised backbone features), one backbone pass."""
+        [B,F] L2-normalised backbone features), one backbone pass. With a multi-scale output the features are
+        [feature ; multiscale] (``component_dim`` wide; each pooled stage L2-normalised on its own)."""
         spec = self.manifest.image_encoder
         if not self.has_features:
             raise BundleError(
                 f"{self.folder}: the image encoder has no feature output (re-export the bundle)"
             )
-        emb, feat = self._image.run([spec.output, spec.feature_output], {"pixels": flat_crops(pixels)})
-        if pixels.ndim == 4:
-            return emb, feat
-        return crop_mean(emb, len(pixels)), crop_mean(feat, len(pixels))
+        names = [spec.output, spec.feature_output] + ([spec.multiscale["output"]] if spec.multiscale else [])
+        emb, feat, *ms = self._image.run(names, {"pixels": flat_crops(pixels)})
+        if pixels.ndim == 5:
+            emb, feat = crop_mean(emb, len(pixels)), crop_mean(feat, len(pixels))
+            ms = [_stagewise_crop_mean(ms[0], len(pixels), spec.multiscale["dims"])] if ms else []
+        return emb, np.concatenate([feat, ms[0]], axis=1) if ms else feat
 
     def encode_images(self, images: list) -> np.ndarray:
         """PIL images -> [B,D]; oversampled crops are encoded and averaged (then re-normalised)."""
@@ -166,7 +187,7 @@ class Bundle:
             return None
         with self._components_lock:  # server threads may ask at once: load once
             if kind not in self._components:
-                loader = COMPONENT_LOADERS[kind]
+                loader = component_loader(kind, spec)
                 self._components[kind] = loader.load(self.folder / spec["folder"], spec, self._threads)
             return self._components[kind]
 
@@ -211,7 +232,31 @@ class Bundle:
         """Vectors for cross-lingual matching in the space the bundle serves CL in."""
         if self.cl_space == "sentence":
             return self.sentence_embeddings(texts, lang)
-        return self.encode_texts(texts, lang)
+        if self.cl_space == "visual":
+            return self.encode_texts(texts, lang)
+        sent = self.sentence_embeddings(texts, lang)
+        visual = self.encode_texts(texts, lang, sent if self._tower(lang).uses_sentence else None)
+        return self.cl_query(visual, sent)
+
+    @property
+    def cl_needs_sentence(self) -> bool:
+        """True when CL vectors include the sentence encoder's (spaces "sentence" and "joint")."""
+        return self.cl_space != "visual"
+
+    def cl_query(self, visual: np.ndarray, sentence: np.ndarray | None) -> np.ndarray:
+        """CL vectors from the text encoder's vectors (``visual``, [n,dim]) and the sentence encoder's: the
+        served space's, and in the joint space [sqrt(w_v) * visual ; sqrt(w_s) * sentence], so that one inner
+        product gives w_v * cos_visual + w_s * cos_sentence."""
+        if self.cl_space == "visual":
+            return visual
+        if sentence is None:
+            raise BundleError(f"{self.folder}: CL in the {self.cl_space} space needs the sentence embedding")
+        if self.cl_space == "sentence":
+            return sentence
+        w = self.manifest.fusion.weights
+        return np.concatenate(
+            [np.sqrt(w["visual"]) * visual, np.sqrt(w["sentence"]) * sentence], axis=1
+        ).astype(np.float32)
 
     def _tower(self, lang: str) -> _TextTower:
         try:

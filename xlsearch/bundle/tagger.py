@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from xlsearch.bundle.components import accepted_input_dims, input_dim
 from xlsearch.encode.onnx import make_session
 from xlsearch.encode.tag_vocab import TagVocabulary
 from xlsearch.errors import InvalidArgument
@@ -63,7 +64,9 @@ class Tagger:
     ) -> None:
         self.session, self.spec = session, spec
         self.zh_vocab, self.en_vocab = zh_vocab, en_vocab
-        self.feature_dim = int(spec["input_feature"]["dim"])
+        self.feature_dim = input_dim(spec)
+        # attached to a multi-scale bundle, it takes the bundle's wider vectors and reads their leading columns
+        self._accepted = accepted_input_dims(spec)
         self._user_input = spec["inputs"].get("user_tags")
         self._en_output = spec["outputs"].get("en")
         self._outputs = [spec["outputs"]["zh"], spec["outputs"]["count"]] + (
@@ -114,8 +117,9 @@ class Tagger:
 
     def _feeds(self, features: np.ndarray, user_tags: list[list[str]] | None) -> dict[str, np.ndarray]:
         x = np.asarray(features, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.feature_dim:
+        if x.ndim != 2 or x.shape[1] not in self._accepted:
             raise TagInputError(f"features must have shape [batch, {self.feature_dim}], got {list(x.shape)}")
+        x = x[:, : self.feature_dim]
         if not np.isfinite(x).all():
             raise TagInputError("features contain NaN or infinity")
         feeds = {self.spec["inputs"]["feature"]: np.ascontiguousarray(x)}

@@ -19,7 +19,7 @@ import numpy as np
 
 from xlsearch.bundle.runtime import Bundle
 from xlsearch.data.manifest import Manifest, Record
-from xlsearch.eval.fusion import choose_alpha, fuse
+from xlsearch.eval.fusion import choose_alpha, choose_fusion, choose_simplex, fuse, simplex_fusion
 from xlsearch.eval.metrics import retrieval_metrics, summarize_ranks
 from xlsearch.eval.query_kinds import english_rows, image_to_image_rows
 
@@ -100,10 +100,17 @@ def image_to_text_metrics(scores: np.ndarray, relevant: np.ndarray, ks=KS) -> di
 
 
 def evaluate(
-    bundle: Bundle, manifest: Manifest, image_vectors: dict[str, np.ndarray], step: float = 0.01
+    bundle: Bundle,
+    manifest: Manifest,
+    image_vectors: dict[str, np.ndarray],
+    step: float = 0.01,
+    rule: str = "1se",
+    prior: tuple[float, float, float] = (0.0, 1.0, 0.0),
 ) -> dict:
     """Rows of metrics for one (manifest, bundle): CL in each space, CM, CLM per CL space, and CLM against all
-    images as candidates. Alpha comes from the validation split."""
+    images as candidates. Alpha comes from the validation split. "CLM served" is what the bundle serves: CL visual,
+    CL e5 and CM weighted on the simplex, chosen on validation by `choose_simplex` with ``rule`` / ``prior`` (weights
+    of CL visual, CL e5, CM; the default prior is zero-shot e5), returned as ``fusion`` (a manifest section)."""
     val_qs = build_query_set(manifest.split("val"))
     val = score(bundle, val_qs, image_vectors)
     val_rel = val_qs.relevant
@@ -130,11 +137,25 @@ def evaluate(
             retrieval_metrics(fuse(cl_all, every.cm, alpha), all_qs.relevant, KS), alpha=alpha
         )
     rows["CM all images"] = retrieval_metrics(every.cm, all_qs.relevant, KS)
-    rows.update(english_rows(bundle, manifest, image_vectors, alphas))  # the other query kinds (query_kinds.py)
+    rows.update(
+        english_rows(bundle, manifest, image_vectors, alphas)
+    )  # the other query kinds (query_kinds.py)
     rows.update(image_to_image_rows(manifest, image_vectors))
+    if test.cl_sentence is not None:  # served: CL visual, CL e5 and CM weighted on the simplex
+        w, val_mrr, eligible = choose_simplex(val.cl_visual, val.cl_sentence, val.cm, val_rel, rule, prior)
+        fusion = simplex_fusion(w, val_mrr, rule, eligible)
+        served = w[0] * test.cl_visual + w[1] * test.cl_sentence + w[2] * test.cm
+    else:
+        choice = choose_fusion({"visual": val.cl_visual}, val.cm, val_rel, "best", None, step)
+        fusion = choice.to_fusion()
+        served = fuse(test.cl_visual, test.cm, choice.alpha)
+    rows["CLM served"] = dict(
+        retrieval_metrics(served, test_qs.relevant, KS), alpha=fusion["alpha"], cl_space=fusion["cl_space"]
+    )
     return {
         "rows": rows,
         "alphas": alphas,
+        "fusion": fusion,
         "candidates": len(test_qs.candidate_ids),
         "candidates_all": len(all_qs.candidate_ids),
         "queries": len(test_qs.queries),

@@ -14,6 +14,7 @@ ROW_LABELS = {
     "CM i2t": "CM image-to-text (zh sentences)",
     "CLM[visual]": "CLM, CL in visual space",
     "CLM[sentence]": "CLM, CL in e5 space",
+    "CLM served": "CLM served (CL space + alpha chosen on validation)",
     "CM all images": "CM, all images as candidates",
     "CM i2i (same caption)": "CM image-to-image (same caption relevant, all images)",
     "CL[sentence] en queries": "CL e5, English queries",

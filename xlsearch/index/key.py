@@ -40,7 +40,7 @@ class BundleKey:
         if isinstance(bundle, Mapping):
             bundle = BundleManifest.from_dict(dict(bundle))
         manifest = bundle if isinstance(bundle, BundleManifest) else bundle.manifest
-        feature_dim = manifest.image_encoder.feature_dim if manifest.has_features else 0
+        feature_dim = manifest.image_encoder.component_dim  # [feature ; multiscale], 0 without a feature
         return cls(manifest.content_hash, manifest.dim, manifest.cl_space, manifest.cl_dim, feature_dim)
 
 

@@ -267,10 +267,10 @@ class SearchEngine:
             tokens = b.tokenize(queries, "zh")
         with timer("encode"):
             sent = None
-            if b.cl_space == "sentence" or self._zh_uses_sentence:
+            if b.cl_needs_sentence or self._zh_uses_sentence:
                 sent = b.sentence_embeddings(queries, "zh")
             q_cm = _finite(b.encode_tokens(tokens, "zh", sent if self._zh_uses_sentence else None))
-            q_cl = _finite(sent) if b.cl_space == "sentence" else q_cm
+            q_cl = _finite(b.cl_query(q_cm, sent))  # the bundle's CL space: visual, sentence or joint
         return q_cm, q_cl
 
     # -- lookups ------------------------------------------------------------------------------------------------

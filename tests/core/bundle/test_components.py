@@ -37,8 +37,9 @@ def test_bundle_features_equal_the_training_feature_cache(tiny_run, tiny_bundle,
     assert bundle.has_features
     images = [Image.open(manifest.image_path(r)).convert("RGB") for r in records]
     emb, feat = bundle.encode_images_with_features(images)
-    assert emb.shape == (6, bundle.dim) and feat.shape == (6, spec["dim"])
-    np.testing.assert_allclose(feat, np.stack([by_id[r.id] for r in records]), atol=1e-5)
+    # [feature ; multiscale]: the backbone feature leads (tests/core/bundle/test_multiscale_bundle.py: the stages)
+    assert emb.shape == (6, bundle.dim) and feat.shape == (6, bundle.manifest.image_encoder.component_dim)
+    np.testing.assert_allclose(feat[:, : spec["dim"]], np.stack([by_id[r.id] for r in records]), atol=1e-5)
     np.testing.assert_allclose(emb, bundle.encode_images(images), atol=1e-6)
     assert bundle.tagger is None and bundle.captioner is None
 

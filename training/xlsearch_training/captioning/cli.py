@@ -5,7 +5,14 @@ sentence recommendation baseline; optionally trains the served captioner and att
 
 The retrieval run (``--retrieval-runs``) provides the backbone, the feature cache, the seeded splits and, per seed,
 the served retrieval variant's bundle (the baseline's text encoder); a missing bundle is trained with the retrieval
-pipeline. Results are resumable per seed and strategy (``<runs>/seed<N>/<strategy>/result.json``).
+pipeline. With a zero-training ``--bundle`` (``xlsearch bundle pretrained``) and no ``--features-from``, the features
+and the baseline's text encoder are that bundle's. Results are resumable per seed and strategy
+(``<runs>/seed<N>/<strategy>/result.json``).
+
+Sequential Learning's corpus A comes only from ``--corpus-a`` (``tuxpaint``: the stamps' zh_TW lines under
+``--stamps-root``; or a JSON file {image id: [sentences]}); without it the strategy is skipped with a message. The
+served captioner is the strategy with the best validation CIDEr-D (config ``serve: "best"``) unless the config names
+one.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from xlsearch.bundle.runtime import Bundle
 from xlsearch.common import progress
 from xlsearch_training.captioning.component import train_captioner_component
 from xlsearch_training.captioning.config import STRATEGIES, CaptionerConfig
+from xlsearch_training.captioning.corpora import load_corpus_a
 from xlsearch_training.captioning.experiment import (
     run_baseline,
     run_strategies,
@@ -29,7 +37,8 @@ from xlsearch_training.captioning.experiment import (
 )
 from xlsearch_training.captioning.report import format_table
 from xlsearch_training.config import CONFIG_DIR
-from xlsearch_training.inputs import ensure_backbone, ensure_dataset, image_vectors, parse_seeds, seeded_split
+from xlsearch_training.inputs import ensure_backbone, parse_seeds, seeded_split
+from xlsearch_training.tagging.sources import DEFAULT_DATA, FeatureSource, open_dataset
 from xlsearch_training.w2vv.config import RetrievalExperiment
 
 DEFAULT_CONFIG = CONFIG_DIR / "captioning_tuxpaint.json"
@@ -51,7 +60,7 @@ def recorded_results(runs: Path, seeds: list[int], strategies: list[str]) -> lis
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--data", default="data/tuxpaint", help="dataset manifest folder (Tux Paint built if absent)"
+        "--data", default=str(DEFAULT_DATA), help="dataset manifest folder (data/tuxpaint is built if absent)"
     )
     ap.add_argument("--runs", default="runs/captioning", help="output folder")
     ap.add_argument(
@@ -61,7 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="captioner config JSON")
     ap.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated split seeds")
     ap.add_argument("--strategies", help=f"comma-separated subset of {','.join(STRATEGIES)}")
-    ap.add_argument("--stamps-root", help="Tux Paint stamps folder (corpus A of Sequential Learning)")
+    ap.add_argument(
+        "--corpus-a",
+        help="Sequential Learning's corpus A: 'tuxpaint' (zh_TW descriptions) or a JSON {id: [sentences]}",
+    )
+    ap.add_argument(
+        "--stamps-root", help="Tux Paint stamps folder (for --corpus-a tuxpaint / building data/tuxpaint)"
+    )
+    ap.add_argument(
+        "--features-from",
+        help="retrieval run whose backbone + feature cache to use (default --retrieval-runs)",
+    )
     ap.add_argument("--no-baseline", action="store_true", help="skip the NN recommendation baseline")
     ap.add_argument(
         "--gallery", type=int, default=40, help="test images in the gallery of the first seed (0: none)"
@@ -92,26 +111,31 @@ def main(argv: list[str] | None = None) -> int:
     seeds = parse_seeds(args.seeds)
     runs.mkdir(parents=True, exist_ok=True)
 
-    manifest = ensure_dataset(data_dir, args.stamps_root)
-    backbone = ensure_backbone(rruns, retrieval.backbone, retrieval.crop)
-    features = image_vectors(
-        manifest, backbone.onnx, backbone.spec["preprocess"], rruns / "cache" / "features"
+    manifest = open_dataset(data_dir, args.stamps_root)
+    source = FeatureSource.from_args(
+        args.features_from, args.bundle, rruns, retrieval.backbone, retrieval.crop
     )
-    input_feature = {
-        "dim": int(backbone.spec["dim"]),
-        "backbone": backbone.spec["backbone"],
-        "preprocess": backbone.spec["preprocess"],
-    }
+    features, input_feature = source(manifest), source.input_feature
+    backbone = None if source.bundle else ensure_backbone(source.run, retrieval.backbone, retrieval.crop)
+    own_bundle = Bundle(source.bundle) if source.bundle else None
+    corpus_a = load_corpus_a(
+        args.corpus_a, [r.id for r in manifest.records], args.stamps_root or cfg.stamps_root
+    )
+    if "sequential" in strategies and corpus_a is None:
+        print(
+            "      skipping Sequential Learning: no corpus A (--corpus-a tuxpaint or a JSON {id: [sentences]})"
+        )
+        strategies = [s for s in strategies if s != "sequential"]
 
     results: list[dict[str, Any]] = []
     for seed in [] if args.served_only else seeds:
         split = seeded_split(data_dir, rruns, seed)
-        done = run_strategies(runs, seed, split, features, cfg, strategies, args.stamps_root, input_feature)
+        done = run_strategies(runs, seed, split, features, cfg, strategies, corpus_a, input_feature)
         results += done
         outputs = {r["strategy"]: r["sentences"] for r in done}
         recs: dict[str, list] = {}
         if not args.no_baseline:
-            baseline = run_baseline(runs, rruns, seed, split, backbone, features, retrieval)
+            baseline = run_baseline(runs, rruns, seed, split, backbone, features, retrieval, own_bundle)
             results.append(baseline)
             recs = baseline["recommendations"]
         if seed == seeds[0] and args.gallery:

@@ -1,6 +1,6 @@
-"""Sentence corpora for captioning, keyed by image id: a manifest's zh / en sentences per split, and for Tux Paint the
-second Chinese corpus (corpus A of Sequential Learning): each stamp's ``zh_TW`` description converted to simplified
-Chinese with OpenCC (t2s)."""
+"""Sentence corpora for captioning, keyed by image id: a manifest's zh / en sentences per split, and the second Chinese
+corpus (corpus A of Sequential Learning), which comes only from ``--corpus-a``: ``tuxpaint`` (each stamp's ``zh_TW``
+description converted to simplified Chinese with OpenCC t2s) or a JSON file ``{image id: [sentences]}``."""
 
 from __future__ import annotations
 
@@ -40,3 +40,26 @@ def tuxpaint_zh_tw_simplified(
     if image_ids and not found:
         raise FileNotFoundError(f"no Tux Paint description files for these images under {root}")
     return out
+
+
+def load_corpus_a(
+    source: str | None, image_ids: list[str], stamps_root: str | Path = DEFAULT_STAMPS_ROOT
+) -> Sentences | None:
+    """Corpus A of ``image_ids`` from ``--corpus-a`` (None when not given, or when it covers none of them)."""
+    if not source:
+        return None
+    if source == "tuxpaint":
+        try:
+            out = tuxpaint_zh_tw_simplified(image_ids, stamps_root)
+        except FileNotFoundError as e:
+            print(f"      --corpus-a tuxpaint: {e}")
+            return None
+    else:
+        import json
+
+        data = json.loads(Path(source).read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: corpus A must be a JSON object {{image id: [sentences]}}")
+        wanted = set(image_ids)
+        out = {k: [str(s) for s in v] for k, v in data.items() if k in wanted and v}
+    return out or None

@@ -18,7 +18,7 @@ from xlsearch.eval.caption_metrics import score_captions, segment
 from xlsearch.eval.gallery import GalleryItem, write_gallery
 from xlsearch_training.captioning.baseline import recommend_for
 from xlsearch_training.captioning.config import CaptionerConfig
-from xlsearch_training.captioning.corpora import manifest_sentences
+from xlsearch_training.captioning.corpora import Sentences, manifest_sentences
 from xlsearch_training.captioning.decode import Evaluator
 from xlsearch_training.captioning.inputs import SplitData, split_data
 from xlsearch_training.captioning.report import LABELS, NN
@@ -116,7 +116,7 @@ def run_strategies(
     features: dict[str, np.ndarray],
     cfg: CaptionerConfig,
     strategies: list[str],
-    stamps_root: str | None,
+    corpus_a: Sentences | None,
     input_feature: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """Every strategy's result on this split, read from its result.json or trained (the split's inputs are
@@ -129,7 +129,7 @@ def run_strategies(
         if not path.exists():
             if data is None:
                 data = split_data(
-                    split, features, cfg, strategies, stamps_root, runs / f"seed{seed}", input_feature, seed
+                    split, features, cfg, strategies, corpus_a, runs / f"seed{seed}", input_feature, seed
                 )
             result = score_strategy(strategy, data, cfg, seed, test, features)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,16 +148,19 @@ def run_baseline(
     retrieval_runs: Path,
     seed: int,
     split: Manifest,
-    backbone: Backbone,
+    backbone: Backbone | None,
     features: dict[str, np.ndarray],
     retrieval: RetrievalExperiment,
+    bundle: Bundle | None = None,
 ) -> dict[str, Any]:
-    """The NN recommendation baseline's result on this split, read from its result.json or computed."""
+    """The NN recommendation baseline's result on this split, read from its result.json or computed; its text
+    encoder is ``bundle``'s when given (e.g. a zero-training bundle), else the retrieval run's of this seed."""
     test = manifest_sentences(split, "test", "zh")
     ids = sorted(test)
     path = runs / f"seed{seed}" / NN / "result.json"
     if not path.exists():
-        bundle = retrieval_bundle(retrieval_runs, seed, split, backbone, features, retrieval)
+        if bundle is None:
+            bundle = retrieval_bundle(retrieval_runs, seed, split, backbone, features, retrieval)
         recs = recommend_for(bundle, split, ids)
         top1 = {i: recs[i][0][0] for i in ids}
         result = {

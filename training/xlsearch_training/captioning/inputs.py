@@ -10,7 +10,7 @@ import numpy as np
 
 from xlsearch.data.manifest import Manifest
 from xlsearch_training.captioning.config import CaptionerConfig
-from xlsearch_training.captioning.corpora import Sentences, manifest_sentences, tuxpaint_zh_tw_simplified
+from xlsearch_training.captioning.corpora import Sentences, manifest_sentences
 from xlsearch_training.captioning.tags import TagInputs
 
 
@@ -30,20 +30,21 @@ def split_data(
     features: dict[str, np.ndarray],
     cfg: CaptionerConfig,
     strategies: list[str],
-    stamps_root: str | None = None,
+    corpus_a: Sentences | None = None,
     work_dir: Path | None = None,
     input_feature: dict | None = None,
     seed: int = 0,
 ) -> SplitData:
-    """The strategies' inputs for one split; the tagger (tag strategy) is trained into ``work_dir/tagger``."""
+    """The strategies' inputs for one split; ``corpus_a``: Sequential Learning's corpus A (restricted here to the
+    training images); the tagger (tag strategy) is trained into ``work_dir/tagger``."""
     data = SplitData(
         features,
         {s: manifest_sentences(manifest, s, "zh") for s in ("train", "val", "test")},
         {s: manifest_sentences(manifest, s, "en") for s in ("train", "val", "test")},
     )
-    if "sequential" in strategies:
-        train_ids = [r.id for r in manifest.split("train")]
-        data.corpus_a = tuxpaint_zh_tw_simplified(train_ids, stamps_root or cfg.stamps_root)
+    if "sequential" in strategies and corpus_a:
+        train_ids = {r.id for r in manifest.split("train")}
+        data.corpus_a = {k: v for k, v in corpus_a.items() if k in train_ids} or None
     if "tags" in strategies:
         use_tagger = cfg.tag_predictor == "tagger"
         if use_tagger and work_dir is None:

@@ -10,9 +10,9 @@
 architecture with seeded random weights (offline: tests and cost measurements), a path loads a local checkpoint
 (Chinese-CLIP), any other value is an open_clip pretrained tag.
 
-With ``--manifest`` the fusion (CL space + alpha) is chosen on its validation split (`xlsearch.eval.fusion.
-choose_fusion`, rule ``--rule``); without it the bundle serves CL in the sentence space with alpha
-``DEFAULT_ALPHA`` (0.5). The bundle is then indexed and served like any other (``xlsearch index``, ``xlsearch
+With ``--manifest`` the fusion is chosen on its validation split: weights of CL in the tower's space, CL e5 and CM
+on the simplex (`xlsearch.eval.fusion.choose_simplex`, rule ``--rule``), served as CL in the "joint" space when both
+CL spaces weigh; without it the bundle serves CL in the sentence space with alpha ``DEFAULT_ALPHA`` (0.5). The bundle is then indexed and served like any other (``xlsearch index``, ``xlsearch
 serve``); a tagger or captioner trained on its image features attaches as usual (``--bundle`` of
 ``xlsearch-train-tagger`` / ``xlsearch-train-captioner``).
 """
@@ -20,7 +20,6 @@ serve``); a tagger or captioner trained on its image features attaches as usual 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +65,7 @@ def choose_bundle_fusion(
     from xlsearch.bundle.runtime import Bundle
     from xlsearch.encode.features import extract_features
     from xlsearch.eval.benchmark import build_query_set, score
-    from xlsearch.eval.fusion import choose_fusion
+    from xlsearch.eval.fusion import choose_fusion, choose_simplex, simplex_fusion
 
     val = [r for r in manifest.split("val") if r.en]
     qs = build_query_set(val)
@@ -78,12 +77,16 @@ def choose_bundle_fusion(
         progress=progress,
     )  # fmt: skip
     scores = score(bundle, qs, dict(zip(ids, feats, strict=True)))
-    spaces = {"visual": scores.cl_visual}
-    if scores.cl_sentence is not None:
-        spaces["sentence"] = scores.cl_sentence
-    prior = ("sentence", DEFAULT_ALPHA) if "sentence" in spaces else ("visual", 0.5)
-    choice = choose_fusion(spaces, scores.cm, qs.relevant, rule, prior)
-    return {**choice.to_fusion(), "val_queries": len(qs.queries), "val_candidates": len(qs.candidate_ids)}
+    info = {"val_queries": len(qs.queries), "val_candidates": len(qs.candidate_ids)}
+    if scores.cl_sentence is None:  # CL in the tower's own space only
+        choice = choose_fusion({"visual": scores.cl_visual}, scores.cm, qs.relevant, "best", None)
+        return {**choice.to_fusion(), **info}
+    # Nothing here is trained, so validation is unbiased: the prior is the default (CL e5 and CM, equal weights).
+    prior = (0.0, DEFAULT_ALPHA, 1.0 - DEFAULT_ALPHA)
+    w, val_mrr, eligible = choose_simplex(
+        scores.cl_visual, scores.cl_sentence, scores.cm, qs.relevant, rule, prior
+    )
+    return {**simplex_fusion(w, val_mrr, rule, eligible), **info}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,8 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     width = max(len(k) for k, _ in rows)
     print("\n" + "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows))
-    if fusion:
-        print("  validation MRR per CL space: " + json.dumps(fusion["candidates"]))
+    if fusion and "simplex_weights" in fusion:
+        wv, ws, wm = fusion["simplex_weights"]
+        print(
+            f"  weights on validation: CL tower {wv:.2f}, CL e5 {ws:.2f}, CM {wm:.2f} (MRR {fusion['val_mrr']:.3f})"
+        )
     return 0
 
 

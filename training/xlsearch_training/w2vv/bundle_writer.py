@@ -10,7 +10,14 @@ from typing import Any
 import torch
 
 from xlsearch.bundle.manifest import write_bundle_manifest
-from xlsearch_training.export import FEATURE_NAME, OUTPUT_NAME, export_image_encoder, runtime_versions
+from xlsearch_training.export import (
+    FEATURE_NAME,
+    MULTISCALE_NAME,
+    OUTPUT_NAME,
+    export_image_encoder,
+    runtime_versions,
+)
+from xlsearch_training.multiscale.backbone import multiscale_encoder, multiscale_spec
 from xlsearch_training.w2vv.config import TrainConfig
 from xlsearch_training.w2vv.text_export import export_text_encoder
 from xlsearch_training.w2vv.train import TrainedEncoder
@@ -27,16 +34,18 @@ def write_w2vv_bundle(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`image_encoder` maps pixels to (index vector, backbone feature) (see w2vv.image_head.ImageEncoder); `image_spec`
-    holds its dim, preprocessing and backbone description."""
+    holds its dim, preprocessing and backbone description. A backbone with stage taps also gives the pooled stages
+    (`multiscale` output, Niu et al.) in the same pass."""
     folder = Path(folder)
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
+    multiscale = multiscale_encoder(image_encoder)
     export_image_encoder(
-        image_encoder.eval(),
+        (multiscale or image_encoder).eval(),
         folder / "image_encoder.onnx",
         image_spec["preprocess"]["image_size"],
-        output_names=(OUTPUT_NAME, FEATURE_NAME),
+        output_names=(OUTPUT_NAME, FEATURE_NAME) + ((MULTISCALE_NAME,) if multiscale else ()),
     )
     text_specs = {}
     for lang, enc in encoders.items():
@@ -66,6 +75,7 @@ def write_w2vv_bundle(
             "feature_output": FEATURE_NAME,
             "feature_dim": int(image_encoder.head.in_dim),
             "normalized": True,
+            "multiscale": multiscale_spec(MULTISCALE_NAME) if multiscale else None,
             **image_spec,
         },
         "text_encoders": text_specs,
