@@ -1,7 +1,8 @@
 """The process the crash tests kill (``test_durability.py``): changes an index folder through ``IndexStore`` and prints
 ``ack add N`` / ``ack del N`` after each change returns (what a server would acknowledge). ``--fault`` makes it
 stop inside one step (half a record written, a snapshot half written, between the two renames of the swap, in the
-middle of a replay) and print ``at-fault`` there, so the test's kill -9 lands exactly in that step.
+middle of a replay, after a delete returned but before its acknowledgement) and print ``at-fault`` there, so the
+test's kill -9 lands exactly in that step.
 
 Image N has deterministic vectors (``vectors(N)``), so the test can check every image it finds."""
 
@@ -128,6 +129,7 @@ def main() -> int:
     )
     if args.fault in ("snapshot", "swap", "carry"):
         store.background = False  # the snapshot runs in the changing thread: the fault stops this process
+    deletes = 0
     for n in range(args.start, args.start + args.count):
         img, cap, feat = vectors(n)
         m = meta(n)
@@ -135,6 +137,9 @@ def main() -> int:
         print(f"ack add {n}", flush=True)
         if n % 5 == 4 and n >= 3:  # now and then a delete of an earlier image
             store.remove([f"img-{n - 3}"])
+            deletes += 1
+            if args.fault == "unacked-delete" and deletes == args.after:
+                hang("unacked-delete")  # logged and applied, never acknowledged
             print(f"ack del {n - 3}", flush=True)
     store.close()
     return 0
