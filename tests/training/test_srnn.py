@@ -3,6 +3,7 @@ hand-made label sets and synthetic features; Niu et al.'s multi-scale fusion and
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from xlsearch_training.srnn.model import SCNNRNN, ConceptModel, Decoder  # noqa:
 from xlsearch_training.srnn.sequences import label_ranks, label_sequences, pad_sequences  # noqa: E402
 from xlsearch_training.srnn.tag_component import write_sequence_tagger  # noqa: E402
 from xlsearch_training.srnn.tag_train import fit_sequence_tagger  # noqa: E402
+from xlsearch_training.tagging.select import choose_candidate, sequence_candidates  # noqa: E402
 
 DIM, STAGES = 24, [6, 10]
 TAGS = [("狗", "dog"), ("猫", "cat"), ("鸟", "bird"), ("树", "tree"), ("船", "boat")]
@@ -33,18 +35,24 @@ INPUT_FEATURE = {"dim": DIM, "backbone": {"kind": "synthetic"}, "preprocess": {}
 MS_FEATURE = {**INPUT_FEATURE, "multiscale": {"output": "multiscale", "stages": ["a", "b"], "dims": STAGES}}
 
 
-def synthetic(n: int = 200, seed: int = 0) -> tuple[Manifest, dict[str, np.ndarray]]:
-    """Images carry 1-3 of five tags whose frequencies differ (dog most, boat least); a feature is the normalised
-    sum of the tags' prototypes plus noise, followed by two 'stages' (noisy views of the same tags)."""
+MORE_TAGS = [*TAGS, ("花", "flower"), ("车", "car"), ("山", "mountain"), ("鱼", "fish"), ("房子", "house")]
+
+
+def synthetic(
+    n: int = 200, seed: int = 0, tags: list[tuple[str, str]] = TAGS
+) -> tuple[Manifest, dict[str, np.ndarray]]:
+    """Images carry 1-3 of the tags (five by default) whose frequencies differ (dog most, the last one least); a
+    feature is the normalised sum of the tags' prototypes plus noise, followed by two 'stages' (noisy views of the
+    same tags)."""
     rng = np.random.default_rng(seed)
-    protos = rng.normal(size=(len(TAGS), DIM + sum(STAGES)))
-    weights = np.array([5, 4, 3, 2, 1], dtype=float)
+    protos = rng.normal(size=(len(tags), DIM + sum(STAGES)))
+    weights = np.arange(len(tags), 0, -1, dtype=float)
     records, features = [], {}
     for i in range(n):
-        chosen = rng.choice(len(TAGS), size=rng.integers(1, 4), replace=False, p=weights / weights.sum())
+        chosen = rng.choice(len(tags), size=rng.integers(1, 4), replace=False, p=weights / weights.sum())
         split = "train" if i < 0.6 * n else "val" if i < 0.8 * n else "test"
         rid = f"img{i:03d}"
-        zh, en = [TAGS[j][0] for j in chosen], [TAGS[j][1] for j in chosen]
+        zh, en = [tags[j][0] for j in chosen], [tags[j][1] for j in chosen]
         records.append(Record(id=rid, image=f"{rid}.png", split=split, tags_zh=zh, tags_en=en))
         v = protos[chosen].sum(axis=0) + 0.3 * rng.normal(size=DIM + sum(STAGES))
         parts = np.split(v, np.cumsum([DIM, *STAGES])[:-1])
@@ -217,6 +225,30 @@ def test_feature_interface_ablation_decodes_through_the_same_component(data, tmp
     x = np.stack([plain[r.id] for r in manifest.records[:5]])
     scored = SequenceTagger.load(folder, spec, 1).predict(x)
     assert all(0.0 <= t.score <= 1.0 for r in scored for t in r)  # the step probabilities
+
+
+def test_sequence_candidates_join_the_served_tagger_choice_on_validation(tmp_path: Path) -> None:
+    """tagging.select: S-CNN-RNN rows of an experiment file are candidates scored by validation F@5 (five labels
+    decoded); the better-trained one wins and builds a sequence-tagger component."""
+    manifest, features = synthetic(tags=MORE_TAGS)
+    plain = {k: v[:DIM] for k, v in features.items()}
+    starved = {"concept_epochs": 1, "rnn_epochs": 1, "joint_epochs": 1, "concept_lr": 1e-5, "rnn_lr": 1e-5}
+    exp = {
+        "backbone": {"kind": "efficientnet_lite0"},
+        "tagging": {"train": TINY, "models": {"starved": starved, "trained": {}}},
+        "captioning": {"models": {}},
+    }
+    path = tmp_path / "srnn.json"
+    path.write_text(json.dumps(exp), encoding="utf-8")
+    candidates = sequence_candidates(manifest, plain, INPUT_FEATURE, seed=0, experiment=path)
+    best, scores = choose_candidate(candidates)
+    assert best.name == "trained" and scores["trained"] > scores["starved"] + 0.05, scores
+    assert 0.0 < scores["trained"] <= 1.0
+    folder = best.build(tmp_path / "served")
+    spec = read_component(folder)
+    assert component_loader("tagger", spec) is SequenceTagger
+    assert spec["metrics"]["selection"]["chosen"] == "trained"
+    assert len(SequenceTagger.load(folder, spec, 1).vocabulary) == len(MORE_TAGS)
 
 
 def test_fusion_starts_as_the_final_feature() -> None:

@@ -130,17 +130,20 @@ def captioning(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     )
     input_feature = {k: backbone.spec[k] for k in ("dim", "backbone", "preprocess")}
     seeds = parse_seeds(args.seeds)
+    strategies = list(section.baseline_strategies)
+    if args.show_and_tell is not None:
+        strategies = [s.strip() for s in args.show_and_tell.split(",") if s.strip() not in ("", "none")]
     results = []
     for seed in seeds:
         split = seeded_split(data, rruns, seed)
-        if section.baseline_strategies:
+        if strategies:
             results += run_strategies(
                 runs,
                 seed,
                 split,
                 features,
                 cap_cfg,
-                section.baseline_strategies,
+                strategies,
                 args.stamps_root,
                 input_feature,
             )
@@ -156,11 +159,11 @@ def captioning(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     (runs / "results.json").write_text(
         json.dumps(summary(results), ensure_ascii=False, indent=1), encoding="utf-8"
     )
-    labels = {s: f"Show and Tell, {s}" for s in section.baseline_strategies}
+    labels = {s: f"Show and Tell, {s}" for s in strategies}
     labels.update({n: n for n in names})
     labels["nn"] = NN_LABEL
     text = captioning_table(results, labels)
-    keys = [*section.baseline_strategies, *names]
+    keys = [*strategies, *names]
     pairs = list(
         dict.fromkeys([(n, keys[0]) for n in keys[1:]] + list(zip(names[1:], names[:-1], strict=True)))
     )
@@ -206,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         "--caption-config", default=str(CAPTION_CONFIG), help="the Show-and-Tell baseline's config"
     )
     cap.add_argument("--no-baseline", action="store_true", help="skip the NN recommendation baseline")
+    cap.add_argument(
+        "--show-and-tell",
+        help="comma-separated Show-and-Tell strategies to train beside (default: the file's; 'none': skip)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     return tagging(args, ap) if args.task == "tagging" else captioning(args, ap)

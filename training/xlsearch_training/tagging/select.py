@@ -3,7 +3,8 @@
 A `Candidate` is any tagging strategy: a name, ``validate()`` (train on the manifest's train split, return the
 validation score, higher is better) and ``build(folder)`` (train the servable component into ``folder``). The MLP
 family of `xlsearch_training.tagging` gives one candidate per model of the experiment file (`mlp_candidates`);
-other strategies (e.g. a label-sequence tagger) join by adding their own `Candidate` to the list.
+other strategies join by adding their own `Candidate` to the list: `sequence_candidates` gives one per S-CNN-RNN
+model of the ``xlsearch-train-srnn`` experiment file (label sequences, F@5 = five labels decoded, end token masked).
 
 `choose_candidate` validates every candidate and keeps the best; a tie goes to the earlier (simpler) one.
 """
@@ -19,13 +20,14 @@ import numpy as np
 
 from xlsearch.data.manifest import Manifest
 from xlsearch.encode.tag_vocab import extract_image_tags
+from xlsearch_training.config import CONFIG_DIR
 from xlsearch_training.tagging.component import train_tagger_component
 from xlsearch_training.tagging.config import TaggerConfig
 from xlsearch_training.tagging.data import tag_data
 from xlsearch_training.tagging.evaluate import evaluate_modes
 from xlsearch_training.tagging.train import fit_tagger
 
-__all__ = ["VAL_METRIC", "Candidate", "choose_candidate", "mlp_candidates"]
+__all__ = ["VAL_METRIC", "Candidate", "choose_candidate", "mlp_candidates", "sequence_candidates"]
 
 VAL_METRIC = "validation F@5"
 
@@ -83,3 +85,57 @@ def mlp_candidates(
 
         out.append(Candidate(name, validate, build, {"config": served.to_dict()}))
     return out
+
+
+def sequence_candidates(
+    manifest: Manifest,
+    features: dict[str, np.ndarray],
+    input_feature: dict[str, Any],
+    seed: int = 0,
+    experiment: Path | None = None,
+    names: Sequence[str] | None = None,
+) -> list[Candidate]:
+    """One candidate per S-CNN-RNN tagger of ``experiment`` (default: configs/srnn_tuxpaint.json; ``names``: a
+    subset), validated like the MLPs (F@5 on the tagged validation images) and built as a sequence-tagger component
+    the bundle serves through the same Tag RPC."""
+    from xlsearch_training.srnn.config import SRNNExperiment
+    from xlsearch_training.srnn.evaluate import set_metrics
+    from xlsearch_training.srnn.tag_component import write_sequence_tagger
+    from xlsearch_training.srnn.tag_train import fit_sequence_tagger
+
+    experiment = experiment or CONFIG_DIR / "srnn_tuxpaint.json"
+    exp = SRNNExperiment.load(experiment)
+    tags = extract_image_tags(manifest.records)
+    trained: dict[str, Any] = {}
+
+    def fit(name: str) -> Any:
+        if name not in trained:
+            trained[name] = fit_sequence_tagger(manifest, features, exp.tagger_config(name), seed, tags)
+        return trained[name]
+
+    def validate(name: str) -> float:
+        model = fit(name)
+        val = tag_data(manifest.split("val"), features, tags, model.zh_vocab, model.en_vocab)
+        val = val.subset(val.zh_tagged)
+        if not val.ids:
+            return float("-inf")
+        return float(set_metrics(model.decode(val.x, k=5)[0], val.zh > 0)["f"])
+
+    def build(folder: Path, name: str) -> Path:
+        model = fit(name)  # the model validate() scored, trained once
+        test = tag_data(manifest.split("test"), features, tags, model.zh_vocab, model.en_vocab)
+        parity = test.x[:4] if len(test.ids) else None
+        return write_sequence_tagger(
+            model, folder, input_feature, {"selection": {"chosen": name, "by": VAL_METRIC}}, parity
+        )
+
+    chosen = list(names) if names is not None else list(exp.tagging.models)
+    return [
+        Candidate(
+            n,
+            lambda n=n: validate(n),
+            lambda folder, n=n: build(folder, n),
+            {"config": exp.tagger_config(n).to_dict(), "experiment": str(experiment)},
+        )
+        for n in chosen
+    ]
