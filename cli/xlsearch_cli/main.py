@@ -47,6 +47,8 @@ def _forward(command: str, argv: list[str]) -> int:
         from xlsearch_server.cli import main
     elif command == "loadbench":
         from xlsearch_bench.cli import main
+    elif command == "fusion-study":
+        from xlsearch.eval.fusion_study import main
     elif command == "bundle":
         # Exporting PyTorch towers needs torch: the one command forwarded to the training package, imported only
         # here (tests/test_layers.py allows xlsearch_cli -> xlsearch_training for it).
@@ -83,6 +85,7 @@ FORWARDED = {
     "stats": "what a running server serves",
     "health": "gRPC health of a running server (exit 0 when SERVING)",
     "loadbench": "gRPC load and index scale benchmarks (xlsearch loadbench -h)",
+    "fusion-study": "served fusion choice vs every fixed choice on the test splits of trained runs (-h)",
     "bundle": "zero-training bundles from pretrained towers, needs the [train] extra (xlsearch bundle -h)",
 }
 CLIENT_COMMANDS = ("search", "tag", "caption", "add", "delete", "stats", "health")
