@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 # chromium + fonts-noto-cjk: the web page's browser tests (tests/web); the screenshot shows Chinese
-APT_PACKAGES=(tuxpaint-stamps-default redis-server prometheus libcairo2 python3-venv build-essential chromium fonts-noto-cjk)
+# docker-compose: renders deploy/compose.yaml in tests/deploy (no Docker engine needed)
+APT_PACKAGES=(tuxpaint-stamps-default redis-server prometheus libcairo2 python3-venv build-essential chromium fonts-noto-cjk docker-compose)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

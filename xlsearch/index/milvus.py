@@ -81,7 +81,7 @@ class MilvusIndex:
         self._lock = threading.Lock()
         self._physical = ""
         self._checked = -1.0
-        self.version = 0
+        self._version = 0
         self._counts = (0, 0)  # images, uncaptioned
         self._tag_counts: tuple[int, dict[str, int]] | None = None
         self.updated = now()
@@ -155,17 +155,26 @@ class MilvusIndex:
                 self.client.load_collection(physical + LOG_SUFFIX)
                 version = -1
             else:
-                version = self.version
+                version = self._version
         new = self._count(self._physical + LOG_SUFFIX) - 1
         if new != version:
             counts = (self._count(self._physical), self._count(self._physical, "has_caption == false"))
             with self._lock:
-                self.version, self._counts, self.updated = new, counts, now()
+                self._version, self._counts, self.updated = new, counts, now()
         self._checked = t
 
     def _count(self, collection: str, expr: str = "") -> int:
         res = self.client.query(collection, filter=expr, output_fields=["count(*)"])
         return int(res[0]["count(*)"])
+
+    @property
+    def version(self) -> int:
+        """The shared index version: every replica reads the same number for the same state of the collection
+        (at most ``refresh_seconds`` late for another replica's change, at once for this process's own)."""
+        self.refresh()
+        return self._version
+
+    shared_version = True  # caches may share entries across processes by (uid, version) alone
 
     # -- identity ------------------------------------------------------------------------------------------------
     key = property(lambda self: self.ident.key)

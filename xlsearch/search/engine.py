@@ -137,6 +137,12 @@ class SearchEngine:
         """Changes with every version of every index."""
         return self.index.index_hash
 
+    @property
+    def shared_version(self) -> bool:
+        """True when every process serving this index reads the same version for the same state (a database
+        backend: Milvus); False for a FAISS folder, whose version counts this process's own changes."""
+        return bool(getattr(self.index, "shared_version", False))
+
     def warmup(self) -> None:
         """Load lazily initialised encoders (the sentence model) and run each path once, so the first request
         is not slow."""

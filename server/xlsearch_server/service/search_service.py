@@ -83,8 +83,10 @@ class SearchService:
 
     def _scope(self, engine: Engine) -> IndexScope:
         """Cache scope. Replicas that loaded the same index share entries until one of them changes its copy;
-        from then on this process's entries carry its own token (a version number alone is not unique)."""
-        index_id = engine.index_uid if not self._changed_here else f"{engine.index_uid}:{self._process_token}"
+        from then on this process's entries carry its own token (a version number alone is not unique) - unless
+        the version is shared (the Milvus backend: every replica reads one version per state, docs/scaling.md)."""
+        private = self._changed_here and not getattr(engine, "shared_version", False)
+        index_id = engine.index_uid if not private else f"{engine.index_uid}:{self._process_token}"
         return IndexScope(engine.bundle_hash, index_id, engine.index_version)
 
     # -- search ------------------------------------------------------------------------------------------------
