@@ -29,8 +29,10 @@ RUN python proto/build.py \
 # -- indexer --------------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS indexer
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# e.g. "pymilvus>=2.5" for the Milvus backend (deploy/compose.yaml, profile replicated; docs/scaling.md)
+ARG EXTRA_PIP_PACKAGES=""
 RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
-    pip install /wheels/xlsearch-*.whl \
+    pip install /wheels/xlsearch-*.whl ${EXTRA_PIP_PACKAGES} \
     && if pip show torch >/dev/null 2>&1; then echo "torch must not be installed in the indexer image" >&2; exit 1; fi \
     && python -c "import xlsearch_indexer.cli"
 # Same uid as the server image, so both can write the shared /data volume.

@@ -34,8 +34,10 @@ RUN python proto/build.py \
 # -- server ---------------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS server
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# e.g. "pymilvus>=2.5" for the Milvus backend (deploy/compose.yaml, profile replicated; docs/scaling.md)
+ARG EXTRA_PIP_PACKAGES=""
 RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
-    pip install /wheels/*.whl \
+    pip install /wheels/*.whl ${EXTRA_PIP_PACKAGES} \
     && if pip show torch >/dev/null 2>&1; then echo "torch must not be installed in the serving image" >&2; exit 1; fi \
     && python -c "import xlsearch_server.app, xlsearch_client"
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /srv/xlsearch xlsearch \

@@ -151,6 +151,12 @@ def test_replicas_are_valid_milvus_settings_on_the_compose_services(monkeypatch:
         assert milvus_host == "milvus" and milvus_port == "19530" and "milvus" in services
         assert str(settings.redis_url).startswith("redis://redis:6379") and "redis" in services
         assert not services[name].get("ports")  # reached only through the load balancer
+        # the image the replica runs has the Milvus client (the Dockerfile's EXTRA_PIP_PACKAGES build argument)
+        assert "pymilvus" in services[name]["build"]["args"]["EXTRA_PIP_PACKAGES"]
+        assert "ARG EXTRA_PIP_PACKAGES" in (REPO / services[name]["build"]["dockerfile"]).read_text(
+            encoding="utf-8"
+        )
+        assert services[name]["image"] != services["server"]["image"]
         for secret in ("api_keys", "tls_cert", "tls_key"):
             assert f"xlsearch_{secret}" in services[name]["secrets"]
     milvus = services["milvus"]
