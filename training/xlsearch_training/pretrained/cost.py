@@ -10,9 +10,12 @@ intra-op threads), then timed on real inputs (Tux Paint stamps and their Chinese
   query (CL e5; the same for every bundle), per query.
 
 Every figure is the median over ``--repeats`` rounds (queries: over every query of every round); the machine load
-(``os.getloadavg``) is printed beside the table. Times are wall-clock on whatever else the machine is running.
+(``os.getloadavg``) is printed beside the table. Times are wall-clock on whatever else the machine is running, so
+with ``--reference BUNDLE`` (e.g. the trained runs/demo/bundle) that bundle is timed first and again right after
+each tower: the "x reference" ratios compare the two under the same load.
 
-    python -m xlsearch_training.pretrained.cost --cm cn-clip:RN50,cn-clip:ViT-B-16 --work runs/cost --json runs/cost.json
+    python -m xlsearch_training.pretrained.cost --cm cn-clip:RN50,cn-clip:ViT-B-16 --reference runs/demo/bundle \
+        --work runs/cost --json runs/cost/cost.json
 """
 
 from __future__ import annotations
@@ -117,16 +120,18 @@ def time_bundle(
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| tower | dim | input px | params image / text (M) | ONNX image / text (MiB) | indexing ms / image | "
-        "images / s | query: text tower ms | query: e5 ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "images / s | query: text tower ms | query: e5 ms | x reference: image / query (same load) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         p, s = r.get("params_m"), r["onnx_mib"]
         params = f"{p['image']:.1f} / {p['text']:.1f}" if p else "—"
+        v = r.get("vs_reference")
+        ratio = f"{v['image']:.1f} / {v['query']:.2f}" if v else "—"
         onnx = " / ".join(f"{s[f]:.0f}" for f in ("image_encoder.onnx", "text_encoder.onnx") if f in s)
         lines.append(
             f"| {r['cm']} | {r['dim']} | {r['image_size']} | {params} | {onnx} | {r['image_ms_per_item']:.1f} | "
-            f"{r['images_per_second']:.1f} | {r['query_text_tower_ms']:.1f} | {r['query_e5_ms']:.1f} |"
+            f"{r['images_per_second']:.1f} | {r['query_text_tower_ms']:.1f} | {r['query_e5_ms']:.1f} | {ratio} |"
         )
     return "\n".join(lines)
 
@@ -163,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         row = measure(cm, work, images, queries, args.batch, args.repeats, args.threads)
+        if args.reference:  # the reference timed again right after: a ratio measured under the same load
+            ref = time_bundle(Path(args.reference), images, queries, args.batch, args.repeats, args.threads)
+            row["vs_reference"] = {"image": row["image_ms_per_item"] / ref["image_ms_per_item"],
+                                   "query": (row["query_text_tower_ms"] + row["query_e5_ms"])
+                                   / (ref["query_text_tower_ms"] + ref["query_e5_ms"]), "reference": ref}  # fmt: skip
         rows.append(row)
         print(table([row]).splitlines()[-1], flush=True)
         if not args.keep:
