@@ -15,16 +15,45 @@ RUNS=${RUNS:-runs/demo}
 PORT=${PORT:-50051}
 HTTP_PORT=${HTTP_PORT:-8080}
 METRICS_PORT=${METRICS_PORT:-9464}
-THREADS=${THREADS:-2}
+# torch threads per training command: 1. The models are small MLP/linear heads on cached features; on 2 cores
+# shared with other jobs two OpenMP threads per process wait on each other (a 1280-1024-300 MLP epoch measured
+# 1.6-2.2 s wall with 1 thread vs 16-22 s with 2 at load 16, interleaved; docs/benchmarks.md).
+THREADS=${THREADS:-1}
 KEEP_SERVER=${KEEP_SERVER:-1}
 T0=${DEMO_T0:-$(date +%s)}  # `make demo` passes the time it started, before setup
 X="$VENV/bin/xlsearch"
 SEED=0
 
 elapsed() { echo $(($(date +%s) - T0)); }
-step() { printf '\n== [%s s] %s\n' "$(elapsed)" "$*"; }
-# has_option OPTION COMMAND...: whether COMMAND --help lists OPTION (options still being added are used once there)
-has_option() { local opt=$1; shift; "$@" --help 2>/dev/null | grep -e "$opt" >/dev/null; }
+# CPU seconds (user + sys) of the finished child processes so far: on a shared machine wall time follows the load,
+# CPU time much less, so the closing table shows both per step.
+# (`times` must run in this shell: in a $(...) subshell it would see no children.)
+times_file=$(mktemp)
+cpu_to_file() { times >"$times_file"; }
+cpu_from_file() {
+  awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); t += a[1] * 60 + a[2] } printf "%.0f", t }' \
+    "$times_file"
+}
+profile=()
+last_label="setup (scripts/setup.sh, before this script)"
+last_wall=0
+last_cpu=0
+close_step() {
+  local now c
+  now=$(elapsed)
+  cpu_to_file
+  c=$(cpu_from_file)
+  local used=$((c - last_cpu))
+  [ "$last_wall" = 0 ] && used="-"  # setup ran before this script: its CPU is not a child of this shell
+  profile+=("$(printf '%6s s %6s s  %s' $((now - last_wall)) "$used" "$last_label")")
+  last_wall=$now
+  last_cpu=$c
+}
+step() {
+  close_step
+  last_label="$*"
+  printf '\n== [%s s] %s\n' "$(elapsed)" "$*"
+}
 
 pidfile="$RUNS/server.pid"
 if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
@@ -37,24 +66,25 @@ rm -f "$pidfile"
 step "retrieval: the served configuration only, split seed $SEED"
 "$VENV/bin/xlsearch-train" --data data/tuxpaint --runs "$RUNS" --seeds "$SEED" --served-only --threads "$THREADS"
 
-step "the served tagger, trained on the same split, attached to $RUNS/bundle"
-tagger_extra=()
-has_option --english-only "$VENV/bin/xlsearch-train-tagger" && tagger_extra=(--english-only tuxpaint)
+# The tagger and the captioner assume nothing about the data: the Tux Paint extras are named here.
+# --english-only tuxpaint: the stamps without a zh_CN line feed the English stage of the cascade candidates;
+# the served tagger is the candidate with the best validation F@5 (runs/tagging/served_choice.json).
+step "the served tagger (chosen on validation), trained on the same split, attached to $RUNS/bundle"
 "$VENV/bin/xlsearch-train-tagger" --data data/tuxpaint --runs runs/tagging --features-from "$RUNS" \
-  --seeds "$SEED" --served-only --bundle "$RUNS/bundle" --threads "$THREADS" "${tagger_extra[@]}"
+  --seeds "$SEED" --served-only --bundle "$RUNS/bundle" --threads "$THREADS" --english-only tuxpaint
 
+# --corpus-a tuxpaint: the stamps' zh_TW lines, Sequential Learning's corpus A (as `make captioning`); the served
+# strategy is the best validation CIDEr-D among the results already in runs/captioning (monolingual when none).
 step "the served captioner, trained on the same split, attached to $RUNS/bundle"
 "$VENV/bin/xlsearch-train-captioner" --data data/tuxpaint --retrieval-runs "$RUNS" --runs runs/captioning \
-  --seeds "$SEED" --served-only --bundle "$RUNS/bundle" --threads "$THREADS"
+  --seeds "$SEED" --served-only --bundle "$RUNS/bundle" --threads "$THREADS" --corpus-a tuxpaint
 
 step "indexing the whole Tux Paint set with the served bundle"
 "$X" index --manifest data/tuxpaint --bundle "$RUNS/bundle" --out "$RUNS/index"
 
-http=()
-has_option --http-port "$X" serve && http=(--http-port "$HTTP_PORT")
-step "starting the server: gRPC 127.0.0.1:$PORT${http:+, HTTP 127.0.0.1:$HTTP_PORT}, metrics :$METRICS_PORT"
+step "starting the server: gRPC 127.0.0.1:$PORT, HTTP + web page 127.0.0.1:$HTTP_PORT, metrics :$METRICS_PORT"
 "$X" serve --bundle "$RUNS/bundle" --index "$RUNS/index" --port "$PORT" --metrics-port "$METRICS_PORT" \
-  "${http[@]}" >"$RUNS/server.log" 2>&1 &
+  --http-port "$HTTP_PORT" >"$RUNS/server.log" 2>&1 &
 server=$!
 echo "$server" >"$pidfile"
 stop_server() { kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null; rm -f "$pidfile"; }
@@ -84,18 +114,18 @@ step "xlsearch tag $image"
 tag=$("$X" tag "$image" --target "$target" --json | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["tags"][0]["tag"])')
 step "xlsearch search \"动物\" --tag $tag --top-k 5   (only images whose predicted tags include $tag)"
 "$X" search "动物" --tag "$tag" --top-k 5 --target "$target"
-if has_option --image "$X" search; then
-  step "xlsearch search --image $image --top-k 5   (search by image)"
-  "$X" search --image "$image" --top-k 5 --target "$target"
-fi
+step "xlsearch search --image $image --top-k 5   (search by image)"
+"$X" search --image "$image" --top-k 5 --target "$target"
 step "xlsearch caption $image --n-best 3 --recommend"
 "$X" caption "$image" --n-best 3 --recommend --target "$target"
 
+close_step
+echo
+echo "    wall      CPU  step (CPU: user + sys of the step's commands)"
+printf '%s\n' "${profile[@]}"
 echo
 echo "demo done in $(elapsed) s."
-if [ ${#http[@]} -gt 0 ]; then
-  echo "web search page: http://127.0.0.1:$HTTP_PORT/"
-fi
+echo "web search page: http://127.0.0.1:$HTTP_PORT/"
 if [ "$KEEP_SERVER" = 1 ]; then
   echo "the server keeps running (pid $server, log $RUNS/server.log); stop it with: kill $server"
 fi

@@ -5,6 +5,7 @@ this" leaves the image out, paging appends the next page."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -20,6 +21,10 @@ from browser import browser, missing  # noqa: E402
 from xlsearch.data.manifest import read_manifest  # noqa: E402
 
 REASON = missing()
+# CI (.ci/run) sets XLSEARCH_REQUIRE_BROWSER=1: there scripts/setup.sh has installed chromium, so a missing browser
+# fails these tests instead of skipping them.
+if REASON is not None and os.environ.get("XLSEARCH_REQUIRE_BROWSER") == "1":
+    pytest.fail(f"XLSEARCH_REQUIRE_BROWSER=1 but {REASON}", pytrace=False)
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 TIMEOUT_MS = 20_000
 

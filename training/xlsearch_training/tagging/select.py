@@ -52,7 +52,10 @@ def choose_candidate(candidates: Sequence[Candidate]) -> tuple[Candidate, dict[s
 def _val_f5(
     manifest: Manifest, features: dict[str, np.ndarray], cfg: TaggerConfig, seed: int, extra: dict | None
 ) -> float:
-    """Train on the train split (val picks the epochs), F@5 over the validation images with a vocabulary tag."""
+    """Train on the train split (val picks the epochs), F@5 over the validation images with a vocabulary tag.
+    The score reads the top 5, never the predicted count: the count regressor (LQP) is not trained here (it
+    trains after the tag model, so the tag model and the score are the same as with it)."""
+    cfg = replace(cfg, lqp_epochs=0)
     tags = extract_image_tags(manifest.records)
     trained = fit_tagger(manifest, features, cfg, seed, tags, extra)
     val = tag_data(manifest.split("val"), features, tags, trained.zh_vocab, trained.en_vocab)
