@@ -53,8 +53,10 @@ def _inputs(manifest_dir: str | None, n_images: int, n_queries: int) -> tuple[li
     return images, queries[:n_queries]
 
 
-def _params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+def _params(module: torch.nn.Module, without: torch.nn.Module | None = None) -> int:
+    """Parameters of ``module`` that are not ``without``'s (Chinese-CLIP's text tower wraps the whole model)."""
+    skip = {id(p) for p in without.parameters()} if without is not None else set()
+    return sum(p.numel() for p in module.parameters() if id(p) not in skip)
 
 
 def measure(
@@ -70,7 +72,7 @@ def measure(
         tokenizer = str(train_local_tokenizer(queries * 4 + ["a dog", "一只狗"], work / f"{name}-tokenizer"))
     t0 = time.perf_counter()
     towers = build_towers(cm, "random", 0, None, tokenizer)
-    params = {"image": _params(towers.image), "text": _params(towers.text)}
+    params = {"image": _params(towers.image), "text": _params(towers.text, towers.image)}
     out = work / name
     write_pretrained_bundle(out, towers, "e5")
     export_s = time.perf_counter() - t0
