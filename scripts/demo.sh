@@ -16,8 +16,8 @@ PORT=${PORT:-50051}
 HTTP_PORT=${HTTP_PORT:-8080}
 METRICS_PORT=${METRICS_PORT:-9464}
 # torch threads per training command: 1. The models are small MLP/linear heads on cached features; on 2 cores
-# shared with other jobs two OpenMP threads per process wait on each other (a 1280-1024-300 MLP epoch measured
-# 1.6-2.2 s wall with 1 thread vs 16-22 s with 2 at load 16, interleaved; docs/benchmarks.md).
+# shared with other jobs two OpenMP threads per process wait on each other (a tagger-sized MLP epoch: 1.12 s wall
+# with 1 thread vs 8.59 s with 2 at load 15, medians interleaved; scripts/torch_threads_bench.py, docs/benchmarks.md).
 THREADS=${THREADS:-1}
 KEEP_SERVER=${KEEP_SERVER:-1}
 T0=${DEMO_T0:-$(date +%s)}  # `make demo` passes the time it started, before setup
@@ -120,6 +120,7 @@ step "xlsearch caption $image --n-best 3 --recommend"
 "$X" caption "$image" --n-best 3 --recommend --target "$target"
 
 close_step
+rm -f "$times_file"
 echo
 echo "    wall      CPU  step (CPU: user + sys of the step's commands)"
 printf '%s\n' "${profile[@]}"
