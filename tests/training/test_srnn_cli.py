@@ -151,3 +151,27 @@ def test_served_row_is_attached_to_a_bundle(
     tagger = Bundle(bundle).tagger
     width = Bundle(bundle).manifest.image_encoder.component_dim
     assert len(tagger.predict(np.full((2, width), 1 / np.sqrt(width), np.float32))) == 2
+    # the captioning row best on validation CIDEr-D becomes the bundle's captioner (an S-CNN-RNN component)
+    cap = ["captioning", "--data", str(synthetic_set), "--runs", str(tmp_path / "runs"), "--seeds", "0"]
+    cap += ["--config", str(config), "--retrieval-runs", str(features), "--no-baseline", "--no-progress"]
+    cap += ["--bundle", str(bundle)]
+    assert main(cap) == 0
+    spec = read_bundle_manifest(bundle)["captioner"]
+    chosen = spec["selection"]["chosen"]
+    assert chosen in CONFIG["captioning"]["models"] and spec["model"] == "s-cnn-rnn"
+    means = spec["selection"]["means"]
+    assert set(means) == set(CONFIG["captioning"]["models"]) and means[chosen] == max(means.values())
+    served = Bundle(bundle)
+    dim = served.manifest.image_encoder.feature_dim  # the captioner reads the `feature` output
+    feats = np.full((2, dim), 1 / np.sqrt(dim), np.float32)
+    out = served.captioner.generate(feats, n_best=1, beam_size=3)
+    assert len(out) == 2 and all(len(hyps) == 1 for hyps in out)
+
+
+def test_row_names_with_commas_are_kept_whole() -> None:
+    from xlsearch_training.srnn.cli import _split_names
+
+    rows = ["S-CNN-RNN", "NIC-deeply (feature interface, deep supervision)", "NIC-F"]
+    assert _split_names("NIC-deeply (feature interface, deep supervision),S-CNN-RNN", rows) == rows[1::-1]
+    assert _split_names("NIC-F, S-CNN-RNN", rows) == ["NIC-F", "S-CNN-RNN"]
+    assert _split_names("S-CNN-RNN,no such row", rows) == ["S-CNN-RNN", "no such row"]  # reported by _names

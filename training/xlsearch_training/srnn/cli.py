@@ -55,8 +55,23 @@ def _common(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
 
 
+def _split_names(selected: str, available: list[str]) -> list[str]:
+    """Comma-separated row names; a name that itself contains commas (e.g. "NIC-deeply (feature interface, deep
+    supervision)") is kept whole when the pieces joined back give a row of the file."""
+    names: list[str] = []
+    pending = ""
+    for piece in selected.split(","):
+        pending = f"{pending},{piece}" if pending else piece
+        if pending.strip() in available or not any(a.startswith(pending.strip()) for a in available):
+            names.append(pending.strip())
+            pending = ""
+    if pending:
+        names.append(pending.strip())
+    return names
+
+
 def _names(selected: str | None, available: list[str], ap: argparse.ArgumentParser) -> list[str]:
-    names = [n.strip() for n in selected.split(",")] if selected else list(available)
+    names = _split_names(selected, available) if selected else list(available)
     unknown = [n for n in names if n not in available]
     if unknown:
         ap.error(f"unknown rows {unknown}; the experiment file has: {', '.join(available)}")
