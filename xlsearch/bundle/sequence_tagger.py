@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from xlsearch.bundle.components import accepted_input_dims, input_dim
-from xlsearch.bundle.tagger import TaggerError, TagInputError, TagScore, UnknownTagError
+from xlsearch.bundle.tagger import TaggerError, TagInputError, TagInputs, TagScore
 from xlsearch.encode.onnx import make_session
 from xlsearch.encode.tag_vocab import TagVocabulary
 
@@ -75,7 +74,7 @@ def greedy_labels(
     return out
 
 
-class SequenceTagger:
+class SequenceTagger(TagInputs):
     """A loaded S-CNN-RNN tagger component, with the interface of ``xlsearch.bundle.tagger.Tagger`` that the
     service, the engine and the indexer use (vocabulary, user tags, ``predict``)."""
 
@@ -87,11 +86,8 @@ class SequenceTagger:
         zh_vocab: TagVocabulary,
         en_vocab: TagVocabulary,
     ) -> None:
-        self.spec, self.zh_vocab, self.en_vocab = spec, zh_vocab, en_vocab
+        super().__init__(spec, zh_vocab, en_vocab)
         self._init, self._step = init_session, step_session
-        self.feature_dim = input_dim(spec)
-        self._accepted = accepted_input_dims(spec)
-        self._user_input = spec["inputs"].get("user_tags")
         self._scores_output = spec["outputs"].get("scores")
         self.max_labels = int(spec.get("max_labels", len(zh_vocab)))
         if int(spec.get("labels", len(zh_vocab))) != len(zh_vocab):
@@ -111,40 +107,6 @@ class SequenceTagger:
         if zh.lang != "zh" or en.lang != "en":
             raise TaggerError(f"{folder}: vocabulary languages are {zh.lang}/{en.lang}, expected zh/en")
         return cls(init, step, spec, zh, en)
-
-    @property
-    def vocabulary(self) -> list[str]:
-        return list(self.zh_vocab.tags)
-
-    @property
-    def english_vocabulary(self) -> list[str]:
-        return list(self.en_vocab.tags)
-
-    @property
-    def accepts_user_tags(self) -> bool:
-        return bool(self._user_input)
-
-    def unknown_tags(self, tags: list[str] | tuple[str, ...]) -> list[str]:
-        return list(dict.fromkeys(t for t in tags if t not in self.zh_vocab))
-
-    def _feeds(self, features: np.ndarray, user_tags: list[list[str]] | None) -> dict[str, np.ndarray]:
-        x = np.asarray(features, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] not in self._accepted:
-            raise TagInputError(f"features must have shape [batch, {self.feature_dim}], got {list(x.shape)}")
-        if not np.isfinite(x).all():
-            raise TagInputError("features contain NaN or infinity")
-        feeds = {self.spec["inputs"]["feature"]: np.ascontiguousarray(x[:, : self.feature_dim])}
-        if user_tags is not None:
-            if len(user_tags) != len(x):
-                raise TagInputError(f"user_tags has {len(user_tags)} lists for {len(x)} images")
-            unknown = self.unknown_tags([t for tags in user_tags for t in tags])
-            if unknown:
-                raise UnknownTagError(unknown)
-            if not self._user_input and any(user_tags):
-                raise TagInputError("this tagger was trained without user tags")
-        if self._user_input:
-            feeds[self._user_input] = self.zh_vocab.multi_hot(user_tags or [[] for _ in range(len(x))])
-        return feeds
 
     def decode(
         self, features: np.ndarray, k: int | None = None, user_tags: list[list[str]] | None = None

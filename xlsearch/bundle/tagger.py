@@ -54,49 +54,16 @@ class TagScore:
     english: str  # English counterpart ("" when none is known)
 
 
-class Tagger:
-    def __init__(
-        self,
-        session: Any,
-        spec: dict[str, Any],
-        zh_vocab: TagVocabulary,
-        en_vocab: TagVocabulary,
-    ) -> None:
-        self.session, self.spec = session, spec
-        self.zh_vocab, self.en_vocab = zh_vocab, en_vocab
+class TagInputs:
+    """The input side every tagger component shares: its vocabularies, the feature width it reads and the
+    validation of features and user tags into ONNX feeds."""
+
+    def __init__(self, spec: dict[str, Any], zh_vocab: TagVocabulary, en_vocab: TagVocabulary) -> None:
+        self.spec, self.zh_vocab, self.en_vocab = spec, zh_vocab, en_vocab
         self.feature_dim = input_dim(spec)
         # attached to a multi-scale bundle, it takes the bundle's wider vectors and reads their leading columns
         self._accepted = accepted_input_dims(spec)
         self._user_input = spec["inputs"].get("user_tags")
-        self._en_output = spec["outputs"].get("en")
-        self._outputs = [spec["outputs"]["zh"], spec["outputs"]["count"]] + (
-            [self._en_output] if self._en_output else []
-        )
-        # Counterparts as (english-vocab indices, Dice weights) per Chinese tag.
-        self._counterparts: list[tuple[np.ndarray, np.ndarray, list[str]]] = []
-        for entry in zh_vocab.entries:
-            pairs = [(en_vocab.index[t], s, t) for t, s in entry.counterparts if t in en_vocab.index]
-            self._counterparts.append(
-                (
-                    np.array([p[0] for p in pairs], dtype=np.int64),
-                    np.array([p[1] for p in pairs], dtype=np.float64),
-                    [p[2] for p in pairs],
-                )
-            )
-
-    @classmethod
-    def load(cls, folder: Path, spec: dict[str, Any], intra_op_threads: int | None = None) -> Tagger:
-        folder = Path(folder)
-        files = spec.get("files", {})
-        try:
-            zh = TagVocabulary.load(folder / files["zh_vocab"])
-            en = TagVocabulary.load(folder / files["en_vocab"])
-            session = make_session(folder / files["model"], intra_op_threads)
-        except (KeyError, FileNotFoundError, ValueError) as e:
-            raise TaggerError(f"{folder}: broken tagger component: {e}") from e
-        if zh.lang != "zh" or en.lang != "en":
-            raise TaggerError(f"{folder}: vocabulary languages are {zh.lang}/{en.lang}, expected zh/en")
-        return cls(session, spec, zh, en)
 
     @property
     def vocabulary(self) -> list[str]:
@@ -134,6 +101,49 @@ class Tagger:
         if self._user_input:
             feeds[self._user_input] = self.zh_vocab.multi_hot(user_tags or [[] for _ in range(len(x))])
         return feeds
+
+
+class Tagger(TagInputs):
+    """A loaded tag-scores tagger component (Cascading MLP + label quantity prediction)."""
+
+    def __init__(
+        self,
+        session: Any,
+        spec: dict[str, Any],
+        zh_vocab: TagVocabulary,
+        en_vocab: TagVocabulary,
+    ) -> None:
+        super().__init__(spec, zh_vocab, en_vocab)
+        self.session = session
+        self._en_output = spec["outputs"].get("en")
+        self._outputs = [spec["outputs"]["zh"], spec["outputs"]["count"]] + (
+            [self._en_output] if self._en_output else []
+        )
+        # Counterparts as (english-vocab indices, Dice weights) per Chinese tag.
+        self._counterparts: list[tuple[np.ndarray, np.ndarray, list[str]]] = []
+        for entry in zh_vocab.entries:
+            pairs = [(en_vocab.index[t], s, t) for t, s in entry.counterparts if t in en_vocab.index]
+            self._counterparts.append(
+                (
+                    np.array([p[0] for p in pairs], dtype=np.int64),
+                    np.array([p[1] for p in pairs], dtype=np.float64),
+                    [p[2] for p in pairs],
+                )
+            )
+
+    @classmethod
+    def load(cls, folder: Path, spec: dict[str, Any], intra_op_threads: int | None = None) -> Tagger:
+        folder = Path(folder)
+        files = spec.get("files", {})
+        try:
+            zh = TagVocabulary.load(folder / files["zh_vocab"])
+            en = TagVocabulary.load(folder / files["en_vocab"])
+            session = make_session(folder / files["model"], intra_op_threads)
+        except (KeyError, FileNotFoundError, ValueError) as e:
+            raise TaggerError(f"{folder}: broken tagger component: {e}") from e
+        if zh.lang != "zh" or en.lang != "en":
+            raise TaggerError(f"{folder}: vocabulary languages are {zh.lang}/{en.lang}, expected zh/en")
+        return cls(session, spec, zh, en)
 
     def scores(
         self, features: np.ndarray, user_tags: list[list[str]] | None = None
