@@ -9,7 +9,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +167,23 @@ def test_settings(**overrides: Any) -> ServerSettings:
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined] - not a test
+
+
+def serve_annotated(bundle: Path, index: Path) -> Iterator[ServerThread]:
+    """A module fixture's body: a ready ServerThread on ``bundle`` + ``index`` that keeps every predicted tag."""
+    st = ServerThread(test_settings(bundle=bundle, index=index, min_tag_score=0.0))
+    assert st.wait_ready(), st.server.slot.error
+    yield st
+    st.stop()
+
+
+def small_test_stamps(manifest_dir: Path, count: int = 4) -> list[tuple[str, Path]]:
+    """(id, file) of test-split stamps small enough for the test server's image limit."""
+    from xlsearch.data.manifest import read_manifest
+
+    m = read_manifest(manifest_dir)
+    out = [(r.id, m.image_path(r)) for r in m.records if r.split == "test"]
+    return [(i, p) for i, p in out if p.stat().st_size < 200 * 1024][:count]
 
 
 # -- a scripted engine: a fake that satisfies xlsearch.search.protocol.Engine ------------------------------------

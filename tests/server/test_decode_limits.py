@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
-from server_support import ServerThread, test_settings
+from server_support import ServerThread, serve_annotated
 
 from xlsearch.encode.preprocess import PreprocessConfig
 from xlsearch.search.errors import ImageTooLarge, InvalidImage
@@ -101,10 +101,7 @@ def served(
 ) -> Iterator[ServerThread]:
     index = tmp_path_factory.mktemp("decode-limits") / "index"
     shutil.copytree(tiny_annotated_index, index)
-    st = ServerThread(test_settings(bundle=tiny_annotated_bundle, index=index, min_tag_score=0.0))
-    assert st.wait_ready(), st.server.slot.error
-    yield st
-    st.stop()
+    yield from serve_annotated(tiny_annotated_bundle, index)
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from server_support import ServerThread, test_settings
+from server_support import ServerThread, serve_annotated, small_test_stamps, test_settings
 
 from xlsearch.bundle.runtime import Bundle
-from xlsearch.data.manifest import read_manifest
 from xlsearch.index.image_index import ImageIndex
 from xlsearch.v1 import search_pb2 as pb
 from xlsearch.v1 import search_pb2_grpc as pb_grpc
@@ -25,10 +24,7 @@ def served(
 
     index = tmp_path_factory.mktemp("annotated") / "index"
     shutil.copytree(tiny_annotated_index, index)
-    st = ServerThread(test_settings(bundle=tiny_annotated_bundle, index=index, min_tag_score=0.0))
-    assert st.wait_ready(), st.server.slot.error
-    yield st
-    st.stop()
+    yield from serve_annotated(tiny_annotated_bundle, index)
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +36,7 @@ def stub(served: ServerThread) -> Iterator[pb_grpc.ImageSearchStub]:
 @pytest.fixture(scope="module")
 def stamps(tiny_manifest: Path) -> list[tuple[str, Path]]:
     """(id, file) of indexed test-split stamps small enough for the test server's image limit."""
-    m = read_manifest(tiny_manifest)
-    out = [(r.id, m.image_path(r)) for r in m.records if r.split == "test"]
-    return [(i, p) for i, p in out if p.stat().st_size < 200 * 1024][:4]
+    return small_test_stamps(tiny_manifest)
 
 
 def _code(call, request) -> tuple[grpc.StatusCode, str]:

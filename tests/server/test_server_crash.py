@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 from server_support import ServedPair, session_pair
-from test_server_shutdown import LISTENING, ServerProcess, wait_serving
+from test_server_shutdown import LISTENING, ServerProcess, serve_args, wait_serving
 
 from xlsearch.v1 import search_pb2 as pb
 from xlsearch.v1 import search_pb2_grpc as pb_grpc
@@ -21,25 +21,7 @@ def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 
 def serve(pair: ServedPair, index: Path, *extra: str) -> tuple[ServerProcess, str]:
-    server = ServerProcess(
-        [
-            "-m",
-            "xlsearch_server.cli",
-            "--bundle",
-            str(pair.bundle),
-            "--index",
-            str(index),
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--http-port",
-            "0",
-            "--onnx-threads",
-            "1",
-            *extra,
-        ]
-    )
+    server = ServerProcess(serve_args(pair.bundle, index, *extra))
     address = f"127.0.0.1:{server.wait_for(LISTENING, timeout=120).group(1)}"
     wait_serving(address, timeout=120)
     return server, address

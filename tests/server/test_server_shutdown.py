@@ -27,6 +27,19 @@ LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
+def serve_args(bundle: Path, index: Path, *extra: str) -> list[str]:
+    """`xlsearch serve` of a bundle and index on free ports (gRPC, metrics, HTTP), one ONNX thread."""
+    return ["-m", "xlsearch_server.cli", "--bundle", str(bundle), "--index", str(index), "--port", "0"] + [
+        "--metrics-port",
+        "0",
+        "--http-port",
+        "0",
+        "--onnx-threads",
+        "1",
+        *extra,
+    ]
+
+
 class ServerProcess:
     """A server subprocess whose stderr is read line by line in a thread."""
 
@@ -125,24 +138,7 @@ def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 def test_xlsearch_serve_with_a_real_bundle_serves_then_exits_on_sigterm(pair: ServedPair, tmp_path: Path):
     index = pair.index_copy(tmp_path)
-    server = ServerProcess(
-        [
-            "-m",
-            "xlsearch_server.cli",
-            "--bundle",
-            str(pair.bundle),
-            "--index",
-            str(index),
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--http-port",
-            "0",
-            "--onnx-threads",
-            "1",
-        ]
-    )
+    server = ServerProcess(serve_args(pair.bundle, index))
     try:
         address = f"127.0.0.1:{server.wait_for(LISTENING).group(1)}"
         wait_serving(address)

@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
-from server_support import ServerThread, test_settings
+from server_support import ServerThread, serve_annotated, small_test_stamps
 
 from xlsearch.bundle.runtime import Bundle
 from xlsearch.bundle.sequence_tagger import SequenceTagger
@@ -71,10 +71,7 @@ def served(tiny_run, srnn_bundle: Path, tmp_path_factory) -> Iterator[ServerThre
     index = tmp_path_factory.mktemp("srnn-index") / "index"
     argv = ["--manifest", str(tiny_run.data), "--bundle", str(srnn_bundle), "--out", str(index)]
     assert index_main([*argv, "--min-tag-score", "0", "--no-progress"]) == 0
-    st = ServerThread(test_settings(bundle=srnn_bundle, index=index, min_tag_score=0.0))
-    assert st.wait_ready(), st.server.slot.error
-    yield st
-    st.stop()
+    yield from serve_annotated(srnn_bundle, index)
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +82,8 @@ def stub(served: ServerThread) -> Iterator[pb_grpc.ImageSearchStub]:
 
 @pytest.fixture(scope="module")
 def stamps(tiny_manifest: Path) -> list[tuple[str, Path]]:
-    m = read_manifest(tiny_manifest)
-    out = [(r.id, m.image_path(r)) for r in m.records if r.split == "test"]
-    return [(i, p) for i, p in out if p.stat().st_size < 200 * 1024][:4]
+    """(id, file) of indexed test-split stamps small enough for the test server's image limit."""
+    return small_test_stamps(tiny_manifest)
 
 
 def by_bytes(path: Path) -> pb.ImageRef:
