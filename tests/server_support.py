@@ -169,9 +169,9 @@ def test_settings(**overrides: Any) -> ServerSettings:
 test_settings.__test__ = False  # type: ignore[attr-defined] - not a test
 
 
-def serve_annotated(bundle: Path, index: Path) -> Iterator[ServerThread]:
+def serve_annotated(bundle: Path, index: Path, **overrides: Any) -> Iterator[ServerThread]:
     """A module fixture's body: a ready ServerThread on ``bundle`` + ``index`` that keeps every predicted tag."""
-    st = ServerThread(test_settings(bundle=bundle, index=index, min_tag_score=0.0))
+    st = ServerThread(test_settings(bundle=bundle, index=index, min_tag_score=0.0, **overrides))
     assert st.wait_ready(), st.server.slot.error
     yield st
     st.stop()

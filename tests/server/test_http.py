@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from server_support import ServerThread, test_settings
+from server_support import ServerThread, serve_annotated
 
 from xlsearch.data.manifest import read_manifest
 from xlsearch.errors import Code
@@ -30,12 +30,7 @@ def served(
 ) -> Iterator[ServerThread]:
     index = tmp_path_factory.mktemp("http") / "index"
     shutil.copytree(tiny_annotated_index, index)
-    st = ServerThread(
-        test_settings(bundle=tiny_annotated_bundle, index=index, http_port=0, min_tag_score=0.0)
-    )
-    assert st.wait_ready(), st.server.slot.error
-    yield st
-    st.stop()
+    yield from serve_annotated(tiny_annotated_bundle, index, http_port=0)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_support import ServerThread, test_settings
+from server_support import ServerThread, serve_annotated
 
 sys.path.insert(0, str(Path(__file__).parent))
 from browser import browser, missing  # noqa: E402
@@ -35,12 +35,7 @@ def served(
 ) -> Iterator[ServerThread]:
     index = tmp_path_factory.mktemp("web") / "index"
     shutil.copytree(tiny_annotated_index, index)
-    st = ServerThread(
-        test_settings(bundle=tiny_annotated_bundle, index=index, http_port=0, min_tag_score=0.0)
-    )
-    assert st.wait_ready(), st.server.slot.error
-    yield st
-    st.stop()
+    yield from serve_annotated(tiny_annotated_bundle, index, http_port=0)
 
 
 @pytest.fixture(scope="module")
