@@ -100,6 +100,15 @@ class RedisProcess:
             self.proc = None
 
 
+async def _cancel_pending() -> None:
+    """Cancel every other task of the running loop and wait for them to end."""
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+    for t in tasks:
+        t.cancel()
+    await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+
+
 class ServerThread:
     """A SearchServer on its own event loop in a daemon thread; tests talk to it with the sync gRPC client."""
 
@@ -144,6 +153,12 @@ class ServerThread:
         try:
             self.call(self.server.stop, grace)
         finally:
+            try:  # as asyncio.run does: finish the calls grpc left pending before the loop closes (else their
+                self.call(
+                    _cancel_pending, timeout=15
+                )  # tasks are destroyed later, inside another test, by the GC)
+            except Exception:  # noqa: BLE001 - stopping anyway
+                pass
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=10)
             self.loop.close()
